@@ -1,0 +1,231 @@
+"""`App`: the task registry, the connector, and the entry points (open, defer, worker).
+
+An app is opened once per process. A sync connector serves `defer()`; an async one
+serves `defer_async()` and the worker, and lends a blocking twin for `defer()` from
+synchronous code. An app whose connector is sync but pairs with an async one (the
+SQLAlchemy connector) runs its worker on that pair, so the database is configured once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from .connectors.base import AsyncConnector, JSONDumps, SyncConnector
+from .exceptions import AppNotOpen, UnknownTask, WrongConnector
+from .manager import JobManager
+from .retry import RetryStrategy
+from .tasks import Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+WRONG_ASYNC = (
+    "{name} is a synchronous connector and cannot {what}: use PsycopgConnector (or "
+    "AiopgConnector), e.g. app.with_connector(app.connector.get_worker_connector())"
+)
+
+
+class App:
+    """Holds the tasks and the connector; see the README for the whole tour."""
+
+    def __init__(self, *, connector: SyncConnector | AsyncConnector) -> None:
+        self.connector = connector
+        self.tasks: dict[str, Task[..., Any]] = {}
+        self._open = False
+        self._open_async = False
+        self._worker_connector: AsyncConnector | None = None
+
+    def __repr__(self) -> str:
+        return f"<App connector={self.connector!r} tasks={len(self.tasks)}>"
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retry: bool | int | RetryStrategy | None = False,
+        pass_context: bool = False,
+        lock: str | None = None,
+        queueing_lock: str | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        func: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retry: bool | int | RetryStrategy | None = False,
+        pass_context: bool = False,
+        lock: str | None = None,
+        queueing_lock: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a function as a task: `@app.task` or `@app.task(queue=..., ...)`."""
+        options: dict[str, Any] = {
+            "name": name,
+            "queue": queue,
+            "priority": priority,
+            "retry": retry,
+            "pass_context": pass_context,
+            "lock": lock,
+            "queueing_lock": queueing_lock,
+            "timeout": timeout,
+        }
+
+        def register(f: Callable[..., Any]) -> Task[..., Any]:
+            task: Task[..., Any] = Task(f, app=self, **options)
+            self.tasks[task.name] = task
+            return task
+
+        return register(func) if func is not None else register
+
+    def get_task(self, name: str) -> Task[..., Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(f"no task named {name!r} is registered on this app") from None
+
+    def with_connector(self, connector: SyncConnector | AsyncConnector) -> App:
+        """An app on another connector that shares this app's task registry."""
+        other = App(connector=connector)
+        other.tasks = self.tasks
+        return other
+
+    @property
+    def json_dumps(self) -> JSONDumps:
+        return self.connector.json_dumps
+
+    @property
+    def job_manager(self) -> JobManager:
+        return JobManager(self)
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open(self, pool_or_engine: Any = None) -> App:
+        """Open the connector (or adopt a pool/engine, which close() then leaves alone)."""
+        if isinstance(self.connector, SyncConnector):
+            self.connector.open(pool_or_engine)
+        else:
+            self.connector.get_sync_connector().open(pool_or_engine)
+        self._open = True
+        return self
+
+    def close(self) -> None:
+        if isinstance(self.connector, SyncConnector):
+            self.connector.close()
+        else:
+            self.connector.get_sync_connector().close()
+        self._open = False
+
+    def __enter__(self) -> App:
+        if not self._open:
+            self.open()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open_async(self, pool: Any = None) -> _AsyncOpening:
+        """`await app.open_async()` or `async with app.open_async(): ...`."""
+        return _AsyncOpening(self, pool)
+
+    async def _do_open_async(self, pool: Any) -> None:
+        await self.async_connector(opening=True).open_async(pool)
+        self._open_async = True
+
+    async def close_async(self) -> None:
+        connector = self._worker_connector or self.connector
+        if isinstance(connector, AsyncConnector):
+            await connector.close_async()
+        self._open_async = False
+
+    # -- connectors ----------------------------------------------------------------------
+
+    def sync_connector(self) -> SyncConnector:
+        """The connector for blocking calls (raises AppNotOpen before open())."""
+        if isinstance(self.connector, SyncConnector):
+            if not self._open:
+                raise AppNotOpen()
+            return self.connector
+        if not (self._open or self._open_async):
+            raise AppNotOpen()
+        twin: SyncConnector = self.connector.get_sync_connector()
+        return twin
+
+    def async_connector(
+        self, *, opening: bool = False, what: str = "defer_async"
+    ) -> AsyncConnector:
+        """The connector for asyncio calls and the worker (the pair of a sync connector)."""
+        if isinstance(self.connector, AsyncConnector):
+            connector: AsyncConnector = self.connector
+        elif self._worker_connector is not None:
+            connector = self._worker_connector
+        else:
+            getter = getattr(self.connector, "get_worker_connector", None)
+            if getter is None:
+                raise WrongConnector(
+                    WRONG_ASYNC.format(name=type(self.connector).__name__, what=what)
+                )
+            connector = getter()
+            self._worker_connector = connector
+        if not opening and not self._open_async:
+            raise AppNotOpen("the app is not open for asyncio: call `await app.open_async()` first")
+        return connector
+
+    # -- worker --------------------------------------------------------------------------
+
+    async def run_worker_async(self, **options: Any) -> None:
+        """Run a worker in this event loop (see `Worker` for the options)."""
+        from .worker import Worker
+
+        connector = self.async_connector(opening=True, what="run the worker")
+        opened_here = not self._open_async
+        if opened_here:
+            await self._do_open_async(None)
+        try:
+            await Worker(self, connector, **options).run()
+        finally:
+            if opened_here:
+                await self.close_async()
+
+    def run_worker(self, **options: Any) -> None:
+        """Run a worker until stopped (or, with wait=False, until the queues are empty)."""
+        self.async_connector(opening=True, what="run the worker")
+        asyncio.run(self.run_worker_async(**options))
+
+
+class _AsyncOpening:
+    """Makes `open_async()` both awaitable and an async context manager."""
+
+    def __init__(self, app: App, pool: Any) -> None:
+        self.app = app
+        self.pool = pool
+
+    def __await__(self) -> Generator[Any, None, App]:
+        yield from self.app._do_open_async(self.pool).__await__()
+        return self.app
+
+    async def __aenter__(self) -> App:
+        await self.app._do_open_async(self.pool)
+        return self.app
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.app.close_async()

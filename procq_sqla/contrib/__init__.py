@@ -1,0 +1,1 @@
+"""Integrations with other libraries (SQLAlchemy), imported only when used."""

@@ -1,0 +1,216 @@
+"""Jobs as values: the `Job` row, the options a job is deferred with, and the pure
+builders that turn a deferral into query parameters.
+
+Everything here is I/O-free and shared by the sync and async paths, so validation
+(JSON arguments, timezone-aware schedules, option types) happens once, before any
+connection is touched: a bad call never leaves a half-written job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import InvalidOption, JobArgumentsError
+
+if TYPE_CHECKING:
+    from .app import App
+    from .tasks import Task
+
+MAX_NAME_LENGTH = 255
+MAX_LOCK_LENGTH = 1024
+MAX_ARGS_BYTES = 64 * 1024 * 1024
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+
+
+@dataclass(slots=True)
+class Job:
+    """One row of `procq_jobs`, as the worker and the job manager see it."""
+
+    id: int
+    task_name: str
+    queue: str = "default"
+    args: dict[str, Any] = field(default_factory=dict)
+    status: str = "todo"
+    priority: int = 0
+    lock: str | None = None
+    queueing_lock: str | None = None
+    scheduled_at: dt.datetime | None = None
+    attempts: int = 0
+    created_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    last_error: str | None = None
+    worker_id: int | None = None
+    abort_requested: bool = False
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        return cls(**{k: v for k, v in row.items() if k in _JOB_FIELDS})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """Where and when a job runs; a task's defaults overridden by `configure()`."""
+
+    queue: str = "default"
+    priority: int = 0
+    lock: str | None = None
+    queueing_lock: str | None = None
+    scheduled_at: dt.datetime | None = None
+
+    def replace(self, **changes: Any) -> JobOptions:
+        return dataclasses.replace(self, **changes)
+
+    def validated(self) -> JobOptions:
+        _check_name("queue", self.queue)
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise InvalidOption(f"priority must be an integer, not {self.priority!r}")
+        if not PRIORITY_RANGE[0] <= self.priority <= PRIORITY_RANGE[1]:
+            raise InvalidOption(f"priority {self.priority} is outside the 32-bit integer range")
+        for name in ("lock", "queueing_lock"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_text(name, value, MAX_LOCK_LENGTH)
+        return self
+
+
+def _check_text(what: str, value: object, limit: int) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidOption(f"{what} must be a non-empty string, not {value!r}")
+    if len(value) > limit:
+        raise InvalidOption(f"{what} is {len(value)} characters long; the limit is {limit}")
+    if "\x00" in value:
+        raise InvalidOption(f"{what} must not contain NUL characters")
+
+
+def _check_name(what: str, value: object) -> None:
+    _check_text(what, value, MAX_NAME_LENGTH)
+
+
+def check_task_name(name: object) -> str:
+    _check_name("task name", name)
+    assert isinstance(name, str)
+    return name
+
+
+def resolve_schedule(
+    schedule_at: dt.datetime | None, schedule_in: Mapping[str, float] | None
+) -> dt.datetime | None:
+    """The absolute start time from `schedule_at` (aware) or `schedule_in` (timedelta kwargs)."""
+    if schedule_at is not None and schedule_in is not None:
+        raise InvalidOption("give schedule_at or schedule_in, not both")
+    if schedule_in is not None:
+        try:
+            delta = dt.timedelta(**schedule_in)
+        except TypeError as exc:
+            raise InvalidOption(
+                f"schedule_in takes timedelta keywords such as {{'seconds': 30}}: {exc}"
+            ) from exc
+        return dt.datetime.now(dt.UTC) + delta
+    if schedule_at is not None:
+        if not isinstance(schedule_at, dt.datetime):
+            raise InvalidOption(f"schedule_at must be a datetime, not {schedule_at!r}")
+        if schedule_at.tzinfo is None or schedule_at.utcoffset() is None:
+            raise InvalidOption(
+                "schedule_at must be timezone-aware, e.g. datetime.now(timezone.utc) + ..."
+            )
+    return schedule_at
+
+
+def serialize_args(args: Mapping[str, Any], dumps: Any) -> str:
+    """The job's arguments as JSON text, or a `JobArgumentsError` naming the culprit."""
+    try:
+        text: str = dumps(dict(args))
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise JobArgumentsError(_describe_bad_argument(args, dumps, exc)) from exc
+    if "\\u0000" in text:
+        raise JobArgumentsError(
+            "job arguments contain a NUL character (\\u0000), which PostgreSQL's jsonb cannot store"
+        )
+    if len(text) > MAX_ARGS_BYTES:
+        raise JobArgumentsError(
+            f"job arguments are {len(text)} characters of JSON; the limit is {MAX_ARGS_BYTES}"
+        )
+    return text
+
+
+def _describe_bad_argument(args: Mapping[str, Any], dumps: Any, exc: BaseException) -> str:
+    for key, value in args.items():
+        try:
+            dumps({key: value})
+        except (TypeError, ValueError, OverflowError, RecursionError) as inner:
+            return f"argument {key!r} cannot be stored as JSON: {inner}"
+    return f"job arguments cannot be stored as JSON: {exc}"
+
+
+def defer_params(task_name: str, options: JobOptions, args_json: str) -> dict[str, Any]:
+    return {
+        "queue": options.queue,
+        "task_name": task_name,
+        "args": args_json,
+        "priority": options.priority,
+        "lock": options.lock,
+        "queueing_lock": options.queueing_lock,
+        "scheduled_at": options.scheduled_at,
+    }
+
+
+def batch_defer_params(
+    task_name: str, options: JobOptions, args_json: Iterable[str]
+) -> dict[str, Any]:
+    """Parallel arrays for `batch_defer_jobs` (one statement for the whole batch)."""
+    args_list = list(args_json)
+    n = len(args_list)
+    return {
+        "queues": [options.queue] * n,
+        "task_names": [task_name] * n,
+        "args": args_list,
+        "priorities": [options.priority] * n,
+        "locks": [options.lock] * n,
+        "queueing_locks": [options.queueing_lock] * n,
+        "scheduled_ats": [options.scheduled_at] * n,
+    }
+
+
+def match_batch_ids(
+    queueing_locks: list[str | None], rows: Sequence[Mapping[str, Any]]
+) -> list[int | None]:
+    """Map the ids a batch insert returned back onto its input (None where skipped)."""
+    ids: list[int | None] = []
+    position = 0
+    for lock in queueing_locks:
+        row = rows[position] if position < len(rows) else None
+        if row is not None and (lock is None or row["queueing_lock"] == lock):
+            ids.append(int(row["id"]))
+            position += 1
+        else:
+            ids.append(None)
+    return ids
+
+
+@dataclass
+class JobContext:
+    """What a task given `pass_context=True` receives as its first argument."""
+
+    job: Job
+    app: App
+    task: Task[..., Any] | None = None
+    worker_name: str | None = None
+    worker_id: int | None = None
+    additional_context: dict[str, Any] = field(default_factory=dict)
+    _abort: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def should_abort(self) -> bool:
+        """True once someone asked to abort this job (`job_manager.abort(id)`)."""
+        return self._abort.is_set()

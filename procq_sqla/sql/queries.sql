@@ -1,0 +1,259 @@
+-- Every SQL statement procq_sqla runs, loaded once by name (procq_sqla/sql.py).
+-- One placeholder style, %(name)s, understood by psycopg 3, psycopg2, aiopg and
+-- SQLAlchemy's exec_driver_sql alike. Values are always bound, never formatted in.
+
+-- name: defer_job --
+-- Insert one job; the statement trigger announces it (NOTIFY at commit).
+INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
+VALUES (%(queue)s, %(task_name)s, %(args)s::jsonb, %(priority)s, %(lock)s,
+        %(queueing_lock)s, %(scheduled_at)s)
+RETURNING id
+
+-- name: batch_defer_jobs --
+-- Insert many jobs in one statement from parallel arrays; ids come back in input order.
+INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
+SELECT * FROM unnest(
+    %(queues)s::text[], %(task_names)s::text[], %(args)s::jsonb[], %(priorities)s::integer[],
+    %(locks)s::text[], %(queueing_locks)s::text[], %(scheduled_ats)s::timestamptz[])
+RETURNING id, queueing_lock
+
+-- name: batch_defer_jobs_skip_enqueued --
+-- The same, silently skipping jobs whose queueing lock already has a waiting job.
+INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
+SELECT * FROM unnest(
+    %(queues)s::text[], %(task_names)s::text[], %(args)s::jsonb[], %(priorities)s::integer[],
+    %(locks)s::text[], %(queueing_locks)s::text[], %(scheduled_ats)s::timestamptz[])
+ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
+RETURNING id, queueing_lock
+
+-- name: claim_jobs_any_queue --
+-- Claim up to %(limit)s runnable jobs of any queue, highest priority then oldest first.
+-- A locked job is taken only when no job of its lock runs and it heads its lock's runnable
+-- jobs; the advisory lock keeps two concurrent claims off the same lock.
+WITH candidates AS (
+    SELECT j.id FROM procq_jobs AS j
+    WHERE j.status = 'todo'
+      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+      AND (j.lock IS NULL OR (
+            NOT EXISTS (SELECT 1 FROM procq_jobs AS d
+                        WHERE d.lock = j.lock AND d.status = 'doing')
+        AND NOT EXISTS (SELECT 1 FROM procq_jobs AS e
+                        WHERE e.lock = j.lock AND e.status = 'todo'
+                          AND (e.scheduled_at IS NULL OR e.scheduled_at <= now())
+                          AND (e.priority > j.priority
+                               OR (e.priority = j.priority AND e.id < j.id)))
+        AND pg_try_advisory_xact_lock(hashtextextended('procq:' || j.lock, 0))))
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE procq_jobs AS j
+SET status = 'doing', started_at = now(), attempts = j.attempts + 1,
+    worker_id = %(worker_id)s
+FROM candidates
+WHERE j.id = candidates.id
+RETURNING j.id, j.queue, j.task_name, j.args, j.priority, j.lock, j.queueing_lock,
+          j.scheduled_at, j.attempts, j.created_at
+
+-- name: claim_jobs_in_queues --
+-- The same claim restricted to the worker's queues (%(queues)s, a text array).
+WITH candidates AS (
+    SELECT j.id FROM procq_jobs AS j
+    WHERE j.status = 'todo'
+      AND j.queue = ANY(%(queues)s::text[])
+      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+      AND (j.lock IS NULL OR (
+            NOT EXISTS (SELECT 1 FROM procq_jobs AS d
+                        WHERE d.lock = j.lock AND d.status = 'doing')
+        AND NOT EXISTS (SELECT 1 FROM procq_jobs AS e
+                        WHERE e.lock = j.lock AND e.status = 'todo'
+                          AND e.queue = ANY(%(queues)s::text[])
+                          AND (e.scheduled_at IS NULL OR e.scheduled_at <= now())
+                          AND (e.priority > j.priority
+                               OR (e.priority = j.priority AND e.id < j.id)))
+        AND pg_try_advisory_xact_lock(hashtextextended('procq:' || j.lock, 0))))
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE procq_jobs AS j
+SET status = 'doing', started_at = now(), attempts = j.attempts + 1,
+    worker_id = %(worker_id)s
+FROM candidates
+WHERE j.id = candidates.id
+RETURNING j.id, j.queue, j.task_name, j.args, j.priority, j.lock, j.queueing_lock,
+          j.scheduled_at, j.attempts, j.created_at
+
+-- name: finish_jobs --
+-- Record many outcomes in one statement. Status 'todo' means retry after delay s; a retry
+-- whose queueing lock already has a waiting job fails instead of colliding with it. Only
+-- jobs still held by the given worker are touched (a rescued job is not overwritten).
+WITH outcome AS (
+    SELECT o.id, o.status, o.error, o.delay,
+           (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND EXISTS (
+                SELECT 1 FROM procq_jobs AS q
+                WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')) AS collides
+    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
+                %(delays)s::float8[]) AS o(id, status, error, delay)
+    JOIN procq_jobs AS j ON j.id = o.id
+), updated AS (
+    UPDATE procq_jobs AS j
+    SET status = CASE WHEN o.collides THEN 'failed' ELSE o.status END,
+        finished_at = CASE WHEN o.status = 'todo' AND NOT o.collides THEN NULL ELSE now() END,
+        scheduled_at = CASE WHEN o.status = 'todo' AND o.delay > 0
+                            THEN now() + make_interval(secs => o.delay)
+                            WHEN o.status = 'todo' THEN NULL ELSE j.scheduled_at END,
+        last_error = CASE
+            WHEN o.collides THEN coalesce(o.error || E'\n', '')
+                 || 'not retried: another job with the same queueing lock is already waiting'
+            ELSE coalesce(o.error, j.last_error) END,
+        worker_id = NULL
+    FROM outcome AS o
+    WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
+    RETURNING j.id, j.queue, j.status, j.scheduled_at
+), woken AS (
+    SELECT pg_notify('procq_jobs', q.queue)
+    FROM (SELECT DISTINCT queue FROM updated
+          WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())) AS q
+)
+SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
+
+-- name: delete_finished_jobs --
+-- Delete jobs that just finished, for workers run with delete_jobs="successful"/"always".
+DELETE FROM procq_jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
+
+-- name: register_worker --
+-- A worker announces itself; its id marks the jobs it claims.
+INSERT INTO procq_workers (name, hostname, pid, queues, concurrency)
+VALUES (%(name)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s)
+RETURNING id
+
+-- name: heartbeat --
+-- Keep a worker alive; no row back means it was declared dead and must re-register.
+UPDATE procq_workers SET last_heartbeat = now() WHERE id = %(worker_id)s RETURNING id
+
+-- name: unregister_worker --
+-- A worker leaves cleanly.
+DELETE FROM procq_workers WHERE id = %(worker_id)s
+
+-- name: prune_stalled_workers --
+-- Forget workers whose heartbeat is older than the stalled timeout.
+DELETE FROM procq_workers
+WHERE last_heartbeat < now() - make_interval(secs => %(seconds)s)
+RETURNING id, name
+
+-- name: list_orphaned_jobs --
+-- Jobs left in 'doing' by workers that no longer exist.
+SELECT j.id, j.task_name, j.attempts, j.worker_id
+FROM procq_jobs AS j
+WHERE j.status = 'doing'
+  AND NOT EXISTS (SELECT 1 FROM procq_workers AS w WHERE w.id = j.worker_id)
+ORDER BY j.id
+LIMIT 1000
+
+-- name: rescue_jobs --
+-- Put orphaned jobs back ('todo', or 'failed' when out of retries), guarded by the dead
+-- worker's id so a job claimed again meanwhile is never touched.
+WITH outcome AS (
+    SELECT o.id, o.status, o.worker_id,
+           (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND EXISTS (
+                SELECT 1 FROM procq_jobs AS q
+                WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')) AS collides
+    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(worker_ids)s::bigint[])
+         AS o(id, status, worker_id)
+    JOIN procq_jobs AS j ON j.id = o.id
+), updated AS (
+    UPDATE procq_jobs AS j
+    SET status = CASE WHEN o.collides THEN 'failed' ELSE o.status END,
+        finished_at = CASE WHEN o.status = 'todo' AND NOT o.collides THEN NULL ELSE now() END,
+        last_error = 'worker ' || coalesce(o.worker_id::text, '?')
+                     || ' died while running this job'
+                     || CASE WHEN o.collides THEN '; not retried: another job with the same'
+                                                  || ' queueing lock is already waiting'
+                             ELSE '' END,
+        worker_id = NULL
+    FROM outcome AS o
+    WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id IS NOT DISTINCT FROM o.worker_id
+    RETURNING j.id, j.queue, j.status
+), woken AS (
+    SELECT pg_notify('procq_jobs', q.queue)
+    FROM (SELECT DISTINCT queue FROM updated WHERE status = 'todo') AS q
+)
+SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
+
+-- name: get_job --
+-- One job by id.
+SELECT id, queue, task_name, args, status, priority, lock, queueing_lock, scheduled_at,
+       attempts, created_at, started_at, finished_at, last_error, worker_id, abort_requested
+FROM procq_jobs WHERE id = %(id)s
+
+-- name: list_jobs --
+-- Jobs matching optional filters, newest first, bounded by %(limit)s.
+SELECT id, queue, task_name, args, status, priority, lock, queueing_lock, scheduled_at,
+       attempts, created_at, started_at, finished_at, last_error, worker_id, abort_requested
+FROM procq_jobs
+WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task_name)s::text IS NULL OR task_name = %(task_name)s::text)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(lock)s::text IS NULL OR lock = %(lock)s::text)
+  AND (%(queueing_lock)s::text IS NULL OR queueing_lock = %(queueing_lock)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: count_jobs --
+-- Job counts per queue and status.
+SELECT queue, status, count(*) AS count FROM procq_jobs GROUP BY queue, status
+ORDER BY queue, status
+
+-- name: cancel_job --
+-- Cancel a waiting job; nothing happens to a job that already started.
+UPDATE procq_jobs SET status = 'cancelled', finished_at = now()
+WHERE id = %(id)s AND status = 'todo'
+RETURNING id
+
+-- name: request_abort --
+-- Ask the worker running a job to abort it; the NOTIFY makes it react at once.
+WITH updated AS (
+    UPDATE procq_jobs SET abort_requested = true
+    WHERE id = %(id)s AND status = 'doing'
+    RETURNING id
+)
+SELECT id, pg_notify('procq_abort', id::text) IS NULL AS notified FROM updated
+
+-- name: list_abort_requests --
+-- The jobs of one worker whose abort was requested (the polling fallback to NOTIFY).
+SELECT id FROM procq_jobs
+WHERE worker_id = %(worker_id)s AND status = 'doing' AND abort_requested
+
+-- name: retry_job --
+-- Put a finished (failed, cancelled or aborted) job back in the queue now.
+UPDATE procq_jobs
+SET status = 'todo', scheduled_at = NULL, finished_at = NULL, abort_requested = false
+WHERE id = %(id)s AND status IN ('failed', 'cancelled', 'aborted')
+RETURNING id
+
+-- name: prune_finished_jobs --
+-- Delete at most %(limit)s finished jobs older than %(seconds)s (index-backed).
+DELETE FROM procq_jobs
+WHERE id IN (
+    SELECT id FROM procq_jobs
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+      AND finished_at < now() - make_interval(secs => %(seconds)s)
+    LIMIT %(limit)s)
+
+-- name: oldest_waiting_job_age --
+-- Seconds since the oldest runnable job became runnable (NULL when none waits).
+SELECT extract(epoch FROM now() - min(coalesce(scheduled_at, created_at)))::float AS age
+FROM procq_jobs
+WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())
+
+-- name: schema_present --
+-- Whether the jobs table exists (the schema has been migrated).
+SELECT to_regclass('procq_jobs') IS NOT NULL AS present
+
+-- name: count_live_workers --
+-- Workers whose heartbeat is recent.
+SELECT count(*) AS count FROM procq_workers
+WHERE last_heartbeat >= now() - make_interval(secs => %(seconds)s)

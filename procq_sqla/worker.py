@@ -1,0 +1,596 @@
+"""The worker: claim → run → record, in small steps, with batching on both ends.
+
+One loop claims as many jobs as there are free slots in one statement; each job runs as
+an asyncio task (`def` tasks in a thread pool, never blocking the loop); outcomes are
+queued and written by a flusher in one statement per batch, so under load a batch grows
+by itself while the previous one is being written, and at rest an outcome is written at
+once. Side tasks (LISTEN, heartbeat + rescue of dead workers' jobs, abort polling) are
+supervised for the whole life of the worker: a database outage is logged, backed off
+and survived, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .connectors.base import LockRace
+from .exceptions import (
+    ConnectorError,
+    InvalidOption,
+    JobAborted,
+    ProcqError,
+    SchemaMissing,
+    TaskTimeout,
+)
+from .jobs import Job, JobContext
+from .sql import queries
+
+if TYPE_CHECKING:
+    from .app import App
+    from .connectors.base import AsyncConnector
+    from .tasks import Task
+
+logger = logging.getLogger("procq_sqla.worker")
+
+DeleteJobs = Literal["never", "successful", "always"]
+JOBS_CHANNEL = "procq_jobs"
+ABORT_CHANNEL = "procq_abort"
+MAX_ERROR_LENGTH = 20_000
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one run of a job, waiting to be written."""
+
+    job: Job
+    status: str  # succeeded | failed | aborted | todo (retry)
+    error: str | None = None
+    delay: float = 0.0
+    duration: float = 0.0
+
+
+class _Shutdown(BaseException):
+    """Raised into running jobs when the graceful-shutdown timeout runs out."""
+
+
+class Worker:
+    """Runs jobs of an app; use `app.run_worker()` / `procq worker` rather than this."""
+
+    def __init__(
+        self,
+        app: App,
+        connector: AsyncConnector,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int = 1,
+        wait: bool = True,
+        listen_notify: bool = True,
+        fetch_job_polling_interval: float = 5.0,
+        abort_job_polling_interval: float = 5.0,
+        shutdown_graceful_timeout: float | None = None,
+        delete_jobs: DeleteJobs | str = "never",
+        name: str | None = None,
+        heartbeat_interval: float = 5.0,
+        stalled_worker_timeout: float = 30.0,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise InvalidOption(f"concurrency must be at least 1, not {concurrency}")
+        if delete_jobs not in ("never", "successful", "always"):
+            raise InvalidOption(
+                f"delete_jobs must be 'never', 'successful' or 'always', not {delete_jobs!r}"
+            )
+        if stalled_worker_timeout <= heartbeat_interval:
+            raise InvalidOption("stalled_worker_timeout must be longer than heartbeat_interval")
+        self.app = app
+        self.connector = connector
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.wait = wait
+        self.listen_notify = listen_notify
+        self.polling_interval = fetch_job_polling_interval
+        self.abort_polling_interval = abort_job_polling_interval
+        self.shutdown_graceful_timeout = shutdown_graceful_timeout
+        self.delete_jobs = delete_jobs
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.heartbeat_interval = heartbeat_interval
+        self.stalled_worker_timeout = stalled_worker_timeout
+        self.install_signal_handlers = install_signal_handlers
+        self.worker_id: int | None = None
+        self._claim_query = queries[
+            "claim_jobs_in_queues" if self.queues else "claim_jobs_any_queue"
+        ]
+        self._running: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
+        self._outcomes: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._stopping = False
+        self._executor: ThreadPoolExecutor | None = None
+        self.processed = 0
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Register, run side tasks and the claim loop, then shut down cleanly."""
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="procq-job")
+        await self._register()
+        side = [
+            asyncio.create_task(self._supervise("flusher", self._flush_loop)),
+            asyncio.create_task(self._supervise("heartbeat", self._heartbeat_loop)),
+            asyncio.create_task(self._supervise("abort poller", self._abort_poll_loop)),
+        ]
+        if self.listen_notify:
+            side.append(asyncio.create_task(self._supervise("listener", self._listen)))
+        restore = self._install_signals()
+        logger.info(
+            "worker %s started (id %s, queues %s, concurrency %s)",
+            self.name,
+            self.worker_id,
+            self.queues or "all",
+            self.concurrency,
+            extra={"worker": self.name, "worker_id": self.worker_id, "event": "worker_started"},
+        )
+        try:
+            await self._claim_loop()
+        finally:
+            await self._shutdown(side)
+            restore()
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs finish (within shutdown_graceful_timeout)."""
+        if self._stopping:
+            logger.warning("second stop request: not waiting for running jobs any longer")
+            self.shutdown_graceful_timeout = 0
+        self._stopping = True
+        self._wake.set()
+
+    def _install_signals(self) -> Callable[[], None]:
+        if not self.install_signal_handlers:
+            return lambda: None
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass  # not the main thread: the caller stops us with stop()
+
+        def restore() -> None:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+        return restore
+
+    async def _register(self) -> None:
+        while True:
+            try:
+                row = await self.connector.fetch_one_async(
+                    queries["register_worker"],
+                    {
+                        "name": self.name,
+                        "hostname": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "queues": self.queues,
+                        "concurrency": self.concurrency,
+                    },
+                )
+                assert row is not None
+                self.worker_id = int(row["id"])
+                return
+            except SchemaMissing:
+                raise
+            except ConnectorError as exc:
+                if self._stopping:
+                    raise
+                logger.warning("cannot register the worker yet (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _shutdown(self, side: list[asyncio.Task[Any]]) -> None:
+        self._stopping = True
+        if self._running:
+            logger.info("waiting for %d running job(s) to finish", len(self._running))
+            tasks = [t for t, _ in self._running.values()]
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_graceful_timeout)
+            for task in pending:
+                task.cancel(msg="shutdown")
+            if pending:
+                await asyncio.wait(pending)
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        await self._flush_all(give_up_after=30.0)
+        with contextlib.suppress(ConnectorError):
+            await self.connector.execute_async(
+                queries["unregister_worker"], {"worker_id": self.worker_id}
+            )
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        logger.info(
+            "worker %s stopped after %d job(s)",
+            self.name,
+            self.processed,
+            extra={"worker": self.name, "event": "worker_stopped"},
+        )
+
+    async def _supervise(self, what: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Keep a side task alive for the whole life of the worker."""
+        backoff = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() - started > 30:
+                    backoff = 0.5
+                logger.warning("%s failed (%s); restarting in %.1f s", what, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    # -- claiming ------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                await self._sleep(None)
+                continue
+            self._wake.clear()
+            try:
+                jobs = await self._claim(free)
+                backoff = 0.5
+            except SchemaMissing:
+                raise
+            except ConnectorError as exc:
+                logger.warning("cannot fetch jobs (%s); retrying in %.1f s", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            for job in jobs:
+                self._start(job)
+            if len(jobs) == free:
+                continue
+            if not self.wait and not jobs and await self._drained():
+                return
+            await self._sleep(self.polling_interval)
+
+    async def _claim(self, limit: int) -> list[Job]:
+        params = {"limit": limit, "worker_id": self.worker_id, "queues": self.queues}
+        for _ in range(10):
+            try:
+                rows = await self.connector.fetch_all_async(self._claim_query, params)
+                return [Job.from_row(row) for row in rows]
+            except LockRace:
+                logger.debug("lock race while claiming; claiming again")
+        return []
+
+    async def _drained(self) -> bool:
+        """For wait=False: nothing runs, every outcome is written, and nothing is left."""
+        if self._running:
+            return False
+        await self._flush_all()
+        return not self._running and not await self._claim_peek()
+
+    async def _claim_peek(self) -> bool:
+        jobs = await self._claim(self.concurrency)
+        for job in jobs:
+            self._start(job)
+        return bool(jobs)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- running -------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        task = self.app.tasks.get(job.task_name)
+        if task is None:
+            error = (
+                f"unknown task {job.task_name!r}: no task of that name is registered on the "
+                "worker's app (check --app and the task's name)"
+            )
+            logger.error(error, extra=self._job_extra(job, "job_failed"))
+            self._record(Outcome(job, "failed", error))
+            return
+        context = JobContext(
+            job=job, app=self.app, task=task, worker_name=self.name, worker_id=self.worker_id
+        )
+        runner = asyncio.create_task(self._run_job(job, task, context))
+        self._running[job.id] = (runner, context)
+
+    async def _run_job(self, job: Job, task: Task[..., Any], context: JobContext) -> None:
+        logger.debug("job %s started", job.id, extra=self._job_extra(job, "job_started"))
+        started = time.perf_counter()
+        try:
+            await self._call(task, job, context)
+            outcome = Outcome(job, "succeeded")
+        except asyncio.CancelledError as exc:
+            outcome = self._cancelled_outcome(job, context, exc)
+        except Exception as exc:
+            outcome = self._failure_outcome(task, job, exc)
+        outcome.duration = time.perf_counter() - started
+        self._running.pop(job.id, None)
+        self._record(outcome)
+        self._log_outcome(outcome)
+
+    async def _call(self, task: Task[..., Any], job: Job, context: JobContext) -> None:
+        args = (context,) if task.pass_context else ()
+        if task.is_async:
+            coro = task.func(*args, **job.args)
+            if task.timeout is None:
+                await coro
+                return
+            try:
+                async with asyncio.timeout(task.timeout):
+                    await coro
+            except TimeoutError as exc:
+                raise TaskTimeout(f"timed out after {task.timeout:g} s") from exc
+            return
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        await loop.run_in_executor(self._executor, lambda: task.func(*args, **job.args))
+        if task.timeout is not None and time.monotonic() - started > task.timeout:
+            raise TaskTimeout(
+                f"timed out: ran {time.monotonic() - started:.1f} s, "
+                f"longer than its {task.timeout:g} s timeout"
+            )
+
+    def _cancelled_outcome(
+        self, job: Job, context: JobContext, exc: asyncio.CancelledError
+    ) -> Outcome:
+        if context.should_abort():
+            return Outcome(job, "aborted", "aborted on request")
+        if self._stopping:
+            return Outcome(job, "todo", "the worker shut down before the job finished")
+        return Outcome(job, "failed", f"the job was cancelled: {exc!r}")
+
+    def _failure_outcome(self, task: Task[..., Any], job: Job, exc: BaseException) -> Outcome:
+        error = "".join(traceback.format_exception(exc))[-MAX_ERROR_LENGTH:]
+        strategy = task.retry_strategy
+        delay = strategy.retry_delay(job.attempts, exc) if strategy else None
+        if delay is None:
+            return Outcome(job, "failed", error)
+        return Outcome(job, "todo", error, delay=delay)
+
+    def _log_outcome(self, outcome: Outcome) -> None:
+        job = outcome.job
+        extra = self._job_extra(
+            job, f"job_{'retried' if outcome.status == 'todo' else outcome.status}"
+        )
+        extra["duration"] = round(outcome.duration, 6)
+        if outcome.status == "succeeded":
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "job %s %s succeeded in %.3f s",
+                    job.id,
+                    job.task_name,
+                    outcome.duration,
+                    extra=extra,
+                )
+            return
+        first_line = (outcome.error or "").strip().splitlines()[-1:] or [""]
+        extra["error"] = first_line[0]
+        if outcome.status == "todo":
+            logger.warning(
+                "job %s %s failed (attempt %d), retrying in %.1f s: %s",
+                job.id,
+                job.task_name,
+                job.attempts,
+                outcome.delay,
+                first_line[0],
+                extra=extra,
+            )
+        else:
+            logger.error(
+                "job %s %s %s: %s",
+                job.id,
+                job.task_name,
+                outcome.status,
+                first_line[0],
+                extra=extra,
+            )
+
+    def _job_extra(self, job: Job, event: str) -> dict[str, Any]:
+        return {
+            "event": event,
+            "job_id": job.id,
+            "task": job.task_name,
+            "queue": job.queue,
+            "attempt": job.attempts,
+            "worker": self.name,
+        }
+
+    # -- recording outcomes --------------------------------------------------------------
+
+    def _record(self, outcome: Outcome) -> None:
+        self.processed += 1
+        self._outcomes.append(outcome)
+        self._flush_wanted.set()
+        self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            await self._flush_all()
+
+    async def _flush_all(self, give_up_after: float | None = None) -> None:
+        """Write every queued outcome; on a database error keep them and try again
+        (at shutdown only for `give_up_after` seconds: the rescue picks up the rest)."""
+        async with self._flush_lock:
+            await self._flush_queued(give_up_after)
+
+    async def _flush_queued(self, give_up_after: float | None) -> None:
+        backoff = 0.2
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
+        while self._outcomes:
+            if deadline is not None and time.monotonic() > deadline:
+                logger.error(
+                    "giving up on recording %d outcome(s); those jobs will be "
+                    "rescued once this worker's heartbeat expires",
+                    len(self._outcomes),
+                )
+                return
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self._write(batch)
+                backoff = 0.2
+            except ConnectorError as exc:
+                self._outcomes[:0] = batch
+                logger.warning(
+                    "cannot record %d outcome(s) (%s); retrying in %.1f s", len(batch), exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _write(self, batch: list[Outcome]) -> None:
+        deleted = [o for o in batch if self._deletes(o)]
+        kept = [o for o in batch if not self._deletes(o)]
+        if deleted:
+            await self.connector.execute_async(
+                queries["delete_finished_jobs"],
+                {"ids": [o.job.id for o in deleted], "worker_id": self.worker_id},
+            )
+        if not kept:
+            return
+        try:
+            await self._finish(kept)
+        except ProcqError as exc:
+            if len(kept) == 1 or (isinstance(exc, ConnectorError) and exc.sqlstate != "23505"):
+                raise
+            for outcome in kept:  # two retries of one queueing lock in a batch: one by one
+                await self._finish_one(outcome)
+
+    async def _finish(self, batch: list[Outcome]) -> None:
+        await self.connector.fetch_all_async(
+            queries["finish_jobs"],
+            {
+                "ids": [o.job.id for o in batch],
+                "statuses": [o.status for o in batch],
+                "errors": [o.error for o in batch],
+                "delays": [o.delay for o in batch],
+                "worker_id": self.worker_id,
+            },
+        )
+
+    async def _finish_one(self, outcome: Outcome) -> None:
+        try:
+            await self._finish([outcome])
+        except ProcqError as exc:
+            if outcome.status != "todo":
+                raise
+            note = f"\nnot retried: {exc}"
+            await self._finish([Outcome(outcome.job, "failed", (outcome.error or "") + note)])
+
+    def _deletes(self, outcome: Outcome) -> bool:
+        if self.delete_jobs == "always":
+            return outcome.status != "todo"
+        return self.delete_jobs == "successful" and outcome.status == "succeeded"
+
+    # -- side tasks ----------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        await self.connector.listen([JOBS_CHANNEL, ABORT_CHANNEL], self._on_notify, self._wake.set)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == JOBS_CHANNEL:
+            if self.queues is None or payload in self.queues:
+                self._wake.set()
+        elif channel == ABORT_CHANNEL:
+            with contextlib.suppress(ValueError):
+                self._abort(int(payload))
+
+    def _abort(self, job_id: int) -> None:
+        running = self._running.get(job_id)
+        if running is None:
+            return
+        task, context = running
+        if context.should_abort():
+            return
+        context._abort.set()
+        logger.warning(
+            "aborting job %s on request", job_id, extra=self._job_extra(context.job, "job_aborting")
+        )
+        if context.task is not None and context.task.is_async:
+            task.cancel(msg="abort")
+
+    async def _abort_poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.abort_polling_interval)
+            if not self._running:
+                continue
+            rows = await self.connector.fetch_all_async(
+                queries["list_abort_requests"], {"worker_id": self.worker_id}
+            )
+            for row in rows:
+                self._abort(int(row["id"]))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            row = await self.connector.fetch_one_async(
+                queries["heartbeat"], {"worker_id": self.worker_id}
+            )
+            if row is None:
+                logger.warning(
+                    "this worker was declared dead (no heartbeat in time); registering again"
+                )
+                await self._register()
+            await self.rescue_stalled_jobs()
+
+    async def rescue_stalled_jobs(self) -> int:
+        """Forget dead workers and put their running jobs back (or fail them when out of
+        retries). Any live worker does this; returns how many jobs were rescued."""
+        await self.connector.fetch_all_async(
+            queries["prune_stalled_workers"], {"seconds": self.stalled_worker_timeout}
+        )
+        rows = await self.connector.fetch_all_async(queries["list_orphaned_jobs"], {})
+        if not rows:
+            return 0
+        statuses = []
+        for row in rows:
+            task = self.app.tasks.get(row["task_name"])
+            strategy = task.retry_strategy if task else None
+            retry = (
+                strategy is not None
+                and strategy.retry_delay(row["attempts"], JobAborted("worker died")) is not None
+            )
+            statuses.append("todo" if retry or task is None else "failed")
+        rescued = await self.connector.fetch_all_async(
+            queries["rescue_jobs"],
+            {
+                "ids": [row["id"] for row in rows],
+                "statuses": statuses,
+                "worker_ids": [row["worker_id"] for row in rows],
+            },
+        )
+        for row in rescued:
+            logger.warning(
+                "rescued job %s of a dead worker: now %s",
+                row["id"],
+                row["status"],
+                extra={
+                    "event": "job_rescued",
+                    "job_id": row["id"],
+                    "status": row["status"],
+                    "worker": self.name,
+                },
+            )
+        return len(rescued)
