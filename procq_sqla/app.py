@@ -44,7 +44,7 @@ class App:
     # -- tasks ---------------------------------------------------------------------------
 
     @overload
-    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+    def task(self, func: Callable[P, R]) -> Task[P, R]: ...
 
     @overload
     def task(
@@ -63,7 +63,6 @@ class App:
     def task(
         self,
         func: Any = None,
-        /,
         *,
         name: str | None = None,
         queue: str = "default",
