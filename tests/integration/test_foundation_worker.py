@@ -1,0 +1,233 @@
+"""The worker runs async and sync tasks, wakes on NOTIFY, retries, and stops gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from procq_sqla import App, JobContext, RetryStrategy
+from procq_sqla.worker import Worker
+
+
+def status_of(db: Any, job_id: int) -> dict[str, Any]:
+    row: dict[str, Any] = db.execute("SELECT * FROM procq_jobs WHERE id = %s", (job_id,)).fetchone()
+    return row
+
+
+async def drain(app: App, **options: Any) -> None:
+    await app.run_worker_async(wait=False, install_signal_handlers=False, **options)
+
+
+@asynccontextmanager
+async def running_worker(app: App, **options: Any) -> AsyncIterator[Worker]:
+    """A worker in the background of this event loop; stopped at exit."""
+    worker = Worker(app, app.async_connector(), install_signal_handlers=False, **options)
+    task = asyncio.create_task(worker.run())
+    while worker.worker_id is None:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # let the listener LISTEN
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+async def test_async_and_sync_tasks_both_run(async_app: App, db: Any) -> None:
+    seen: list[tuple[str, int, str]] = []
+
+    @async_app.task(name="a")
+    async def a(x: int) -> None:
+        seen.append(("a", x, threading.current_thread().name))
+
+    @async_app.task(name="s")
+    def s(x: int) -> None:
+        seen.append(("s", x, threading.current_thread().name))
+
+    ids = [await a.defer_async(x=1), await s.defer_async(x=2)]
+    await drain(async_app, concurrency=2)
+
+    assert sorted((name, x) for name, x, _ in seen) == [("a", 1), ("s", 2)]
+    threads = {name: thread for name, _, thread in seen}
+    assert threads["a"] == "MainThread"
+    assert threads["s"].startswith("procq-job")  # sync tasks never block the loop
+    for job_id in ids:
+        row = status_of(db, job_id)
+        assert (row["status"], row["attempts"]) == ("succeeded", 1)
+        assert row["started_at"] <= row["finished_at"]
+        assert row["worker_id"] is None
+
+
+async def test_notify_wakes_an_idle_worker_well_under_the_polling_interval(
+    async_app: App, db: Any
+) -> None:
+    done = asyncio.Event()
+
+    @async_app.task(name="ping")
+    async def ping() -> None:
+        done.set()
+
+    async with running_worker(async_app, fetch_job_polling_interval=30.0):
+        await asyncio.sleep(0.3)  # the worker is idle, waiting on NOTIFY
+        started = time.monotonic()
+        await ping.defer_async()
+        await asyncio.wait_for(done.wait(), 5)
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0, f"woken after {elapsed:.3f} s; polling interval is 30 s"
+
+
+async def test_retries_count_attempts_and_keep_the_error(async_app: App, db: Any) -> None:
+    calls = {"flaky": 0}
+
+    @async_app.task(name="flaky", retry=3)
+    async def flaky() -> None:
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise ValueError(f"flaky failure {calls['flaky']}")
+
+    @async_app.task(name="doomed", retry=RetryStrategy(max_attempts=1))
+    def doomed() -> None:
+        raise RuntimeError("always broken")
+
+    flaky_id = await flaky.defer_async()
+    doomed_id = await doomed.defer_async()
+    await drain(async_app)
+
+    flaky_row = status_of(db, flaky_id)
+    assert (flaky_row["status"], flaky_row["attempts"]) == ("succeeded", 3)
+    assert "ValueError: flaky failure 2" in flaky_row["last_error"]
+    doomed_row = status_of(db, doomed_id)
+    assert (doomed_row["status"], doomed_row["attempts"]) == ("failed", 2)
+    assert "RuntimeError: always broken" in doomed_row["last_error"]
+    assert doomed_row["finished_at"] is not None
+
+
+async def test_retry_waits_are_scheduled(async_app: App, db: Any) -> None:
+    @async_app.task(name="later", retry=RetryStrategy(max_attempts=2, wait=60))
+    async def later() -> None:
+        raise ValueError("not yet")
+
+    job_id = await later.defer_async()
+    await drain(async_app)
+
+    row = status_of(db, job_id)
+    assert (row["status"], row["attempts"]) == ("todo", 1)
+    delay = db.execute(
+        "SELECT extract(epoch FROM scheduled_at - now()) AS s FROM procq_jobs WHERE id = %s",
+        (job_id,),
+    ).fetchone()["s"]
+    assert 50 < float(delay) <= 60
+
+
+async def test_graceful_shutdown_finishes_the_running_job(async_app: App, db: Any) -> None:
+    started = asyncio.Event()
+
+    @async_app.task(name="slow")
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+
+    async with running_worker(async_app):
+        job_id = await slow.defer_async()
+        await asyncio.wait_for(started.wait(), 5)
+        # leaving the block calls worker.stop(), as SIGTERM does: stop claiming, let it finish
+
+    row = status_of(db, job_id)
+    assert row["status"] == "succeeded"
+    assert db.execute("SELECT count(*) AS n FROM procq_workers").fetchone()["n"] == 0
+
+
+async def test_shutdown_timeout_returns_the_unfinished_job_for_retry(
+    async_app: App, db: Any
+) -> None:
+    started = asyncio.Event()
+
+    @async_app.task(name="endless")
+    async def endless() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    async with running_worker(async_app, shutdown_graceful_timeout=0.2):
+        job_id = await endless.defer_async()
+        await asyncio.wait_for(started.wait(), 5)
+
+    row = status_of(db, job_id)
+    assert row["status"] == "todo"
+    assert "shut down" in row["last_error"]
+
+
+async def test_unknown_task_fails_on_the_row_and_the_worker_goes_on(
+    async_app: App, db: Any
+) -> None:
+    @async_app.task(name="known")
+    async def known() -> None: ...
+
+    unknown_id = db.execute(
+        "INSERT INTO procq_jobs (task_name) VALUES ('nobody.knows') RETURNING id"
+    ).fetchone()["id"]
+    known_id = await known.defer_async()
+    await drain(async_app)
+
+    unknown = status_of(db, unknown_id)
+    assert unknown["status"] == "failed"
+    assert "unknown task 'nobody.knows'" in unknown["last_error"]
+    assert status_of(db, known_id)["status"] == "succeeded"
+
+
+async def test_pass_context_gives_the_job_and_worker(async_app: App, db: Any) -> None:
+    seen: list[JobContext] = []
+
+    @async_app.task(name="ctx", pass_context=True)
+    async def ctx(context: JobContext, n: int) -> None:
+        seen.append(context)
+
+    job_id = await ctx.defer_async(n=7)
+    await drain(async_app, name="worker-under-test")
+
+    (context,) = seen
+    assert context.job.id == job_id
+    assert context.job.args == {"n": 7}
+    assert context.job.attempts == 1
+    assert context.worker_name == "worker-under-test"
+    assert context.should_abort() is False
+
+
+async def test_queues_restrict_what_a_worker_claims(async_app: App, db: Any) -> None:
+    @async_app.task(name="q")
+    async def q() -> None: ...
+
+    mine = await q.configure(queue="mine").defer_async()
+    other = await q.configure(queue="other").defer_async()
+    await drain(async_app, queues=["mine"])
+
+    assert status_of(db, mine)["status"] == "succeeded"
+    assert status_of(db, other)["status"] == "todo"
+
+
+def test_run_worker_from_sync_code_drains(sync_app: App, db_url: str, db: Any) -> None:
+    from procq_sqla import PsycopgConnector
+
+    worker_app = sync_app.with_connector(PsycopgConnector(conninfo=db_url))
+
+    @sync_app.task(name="hello")
+    def hello(who: str) -> str:
+        return f"hello {who}"
+
+    job_id = hello.defer(who="world")
+    worker_app.run_worker(wait=False, install_signal_handlers=False)
+
+    assert status_of(db, job_id)["status"] == "succeeded"
