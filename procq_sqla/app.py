@@ -9,7 +9,7 @@ SQLAlchemy connector) runs its worker on that pair, so the database is configure
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -21,6 +21,7 @@ from .tasks import Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
+TaskT = TypeVar("TaskT", bound=Task[..., Any])
 
 WRONG_ASYNC = (
     "{name} is a synchronous connector and cannot {what}: use PsycopgConnector (or "
@@ -33,6 +34,13 @@ class App:
 
     def __init__(self, *, connector: SyncConnector | AsyncConnector) -> None:
         self.connector = connector
+        # decided once: runtime protocol checks cost ~25 µs each, on every defer
+        self._sync_io: SyncConnector | None = (
+            connector if isinstance(connector, SyncConnector) else None
+        )
+        self._async_io: AsyncConnector | None = (
+            connector if isinstance(connector, AsyncConnector) else None
+        )
         self.tasks: dict[str, Task[..., Any]] = {}
         self._open = False
         self._open_async = False
@@ -92,6 +100,24 @@ class App:
 
         return register(func) if func is not None else register
 
+    def periodic(
+        self,
+        *,
+        cron: str,
+        periodic_id: str = "",
+        max_delay: float = 600.0,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Callable[[TaskT], TaskT]:
+        """Defer the task below on a cron schedule (UTC; a sixth field is seconds):
+        `@app.periodic(cron="*/5 * * * *")` stacked above `@app.task`. Each tick is
+        deferred once across all workers; after downtime only ticks younger than
+        `max_delay` seconds are caught up. The task gets the tick as `timestamp=`."""
+        from .periodic import register_periodic
+
+        return register_periodic(
+            self, cron=cron, periodic_id=periodic_id, max_delay=max_delay, kwargs=kwargs
+        )
+
     def get_task(self, name: str) -> Task[..., Any]:
         try:
             return self.tasks[name]
@@ -116,18 +142,12 @@ class App:
 
     def open(self, pool_or_engine: Any = None) -> App:
         """Open the connector (or adopt a pool/engine, which close() then leaves alone)."""
-        if isinstance(self.connector, SyncConnector):
-            self.connector.open(pool_or_engine)
-        else:
-            self.connector.get_sync_connector().open(pool_or_engine)
+        self._blocking().open(pool_or_engine)
         self._open = True
         return self
 
     def close(self) -> None:
-        if isinstance(self.connector, SyncConnector):
-            self.connector.close()
-        else:
-            self.connector.get_sync_connector().close()
+        self._blocking().close()
         self._open = False
 
     def __enter__(self) -> App:
@@ -156,23 +176,28 @@ class App:
 
     # -- connectors ----------------------------------------------------------------------
 
+    def _blocking(self) -> SyncConnector:
+        if self._sync_io is not None:
+            return self._sync_io
+        assert self._async_io is not None
+        return self._async_io.get_sync_connector()
+
     def sync_connector(self) -> SyncConnector:
         """The connector for blocking calls (raises AppNotOpen before open())."""
-        if isinstance(self.connector, SyncConnector):
+        if self._sync_io is not None:
             if not self._open:
                 raise AppNotOpen()
-            return self.connector
+            return self._sync_io
         if not (self._open or self._open_async):
             raise AppNotOpen()
-        twin: SyncConnector = self.connector.get_sync_connector()
-        return twin
+        return self._blocking()
 
     def async_connector(
         self, *, opening: bool = False, what: str = "defer_async"
     ) -> AsyncConnector:
         """The connector for asyncio calls and the worker (the pair of a sync connector)."""
-        if isinstance(self.connector, AsyncConnector):
-            connector: AsyncConnector = self.connector
+        if self._async_io is not None:
+            connector: AsyncConnector = self._async_io
         elif self._worker_connector is not None:
             connector = self._worker_connector
         else:

@@ -9,8 +9,11 @@ catches its own errors in one place and hands the facts to `translate_error`.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+import re
+import select
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
 
 from ..database import mask_password
 from ..exceptions import AlreadyEnqueued, ConnectorError, SchemaMissing
@@ -69,10 +72,17 @@ class LockRace(ConnectorError):
 
 
 def translate_error(
-    exc: BaseException, *, sqlstate: str | None, constraint: str | None
+    exc: BaseException,
+    *,
+    sqlstate: str | None,
+    constraint: str | None,
+    secrets: Iterable[str] = (),
 ) -> ConnectorError | AlreadyEnqueued:
-    """Turn a driver error into procq_sqla's exception (the caller chains `from exc`)."""
-    message = mask_password(str(exc).strip()) or type(exc).__name__
+    """Turn a driver error into procq_sqla's exception (the caller chains `from exc`).
+
+    `secrets` are passwords the connector knows: they are scrubbed from the message even
+    where `mask_password` cannot recognise them (a malformed DSN echoed by libpq)."""
+    message = scrub(str(exc).strip(), secrets) or type(exc).__name__
     if sqlstate == "23505" and constraint == QUEUEING_LOCK_INDEX:
         return AlreadyEnqueued(
             "a job with the same queueing lock is already waiting (AlreadyEnqueued)"
@@ -82,3 +92,70 @@ def translate_error(
     if sqlstate in ("42P01", "42883") and "procq_" in message:
         return SchemaMissing()
     return ConnectorError(message, sqlstate=sqlstate)
+
+
+# -- connection parameters and their secrets ---------------------------------------------
+
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def dsn_secrets(dsn: str | None, kwargs: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Every password given in a DSN (URL or key=value) or in keywords, to scrub."""
+    found: list[str] = []
+    if kwargs and kwargs.get("password"):
+        found.append(str(kwargs["password"]))
+    if dsn:
+        try:
+            password = urlsplit(dsn).password if "://" in dsn else None
+        except ValueError:
+            password = None
+        if password:
+            found += [password, unquote(password)]
+        for match in _KEYWORD_PASSWORD.finditer(dsn):
+            value = match.group(1)
+            found += [value, value.strip("'").replace("\\'", "'")]
+    return tuple(dict.fromkeys(s for s in found if s))
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """`mask_password`, plus every known password replaced by '***' wherever it appears."""
+    text = mask_password(text)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def describe_params(dsn_name: str, dsn: str | None, kwargs: Mapping[str, Any]) -> str:
+    """`dsn='postgresql://u:***@h/db', host='h', password='***'`, for a connector's repr."""
+    parts = [f"{dsn_name}={mask_password(dsn)!r}"] if dsn else []
+    for key, value in kwargs.items():
+        shown = "***" if key == "password" else value
+        parts.append(f"{key}={shown!r}")
+    return ", ".join(parts)
+
+
+def connect_error(exc: BaseException, connector: str, secrets: Iterable[str]) -> ConnectorError:
+    """The error for a connection that could not be made (wrong password, unreachable
+    host, bad DSN, unknown keyword), in one line and without any password."""
+    detail = " ".join(scrub(str(exc), secrets).split()) or type(exc).__name__
+    return ConnectorError(
+        f"cannot connect to PostgreSQL ({detail}): check the DSN, keywords or PG* "
+        f"environment variables given to {connector}"
+    )
+
+
+def has_unread_input(fd: int) -> bool:
+    """True when an idle pooled connection's socket holds data nobody asked for.
+
+    Our pooled connections never LISTEN, so that data is the server's goodbye (FATAL
+    57P01 then end of file, after pg_terminate_backend or a restart): the connection is
+    dead and must be discarded before a statement is sent, which costs no round trip."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    except (OSError, ValueError):
+        return True

@@ -1,16 +1,20 @@
 """`PsycopgConnector`: asyncio psycopg 3 over a `psycopg_pool.AsyncConnectionPool`.
 
-It defers, reads jobs and LISTENs, so it runs the worker. Connections are autocommit
-(one round trip per statement, no BEGIN/COMMIT) and are not checked on checkout (that
-would cost a round trip per operation); instead a statement that fails because the
-server had already closed the connection is run once more on a fresh one.
+It defers, reads jobs and LISTENs, so it runs the worker. Our own connections are
+autocommit (one round trip per statement, no BEGIN/COMMIT); rows are read through dict
+cursors, so a pool handed to `open_async(pool)` works whatever its connection settings.
+Connections are not checked with a query on checkout (a round trip per operation);
+instead one whose socket already holds the server's goodbye is discarded before use, and
+a statement the server refused because it was terminating the connection (SQLSTATE
+57P01-57P03, so the statement never ran) is run once more on a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -29,48 +33,75 @@ from .base import (
     NotifyCallback,
     Params,
     Row,
+    connect_error,
     default_json_dumps,
+    dsn_secrets,
+    has_unread_input,
     translate_error,
 )
 
 PoolFactory = Callable[..., psycopg_pool.AsyncConnectionPool[Any]]
+# How many dead pooled connections one call may throw away before giving up.
+MAX_DISCARDS = 32
+
+
+class StaleConnection(Exception):
+    """A pooled connection was found dead before a statement was sent on it."""
 
 
 @contextmanager
-def wrap_exceptions() -> Iterator[None]:
+def wrap_exceptions(secrets: Iterable[str] = ()) -> Iterator[None]:
     """The one place psycopg's and psycopg_pool's errors become procq_sqla's."""
     try:
         yield
     except psycopg.Error as exc:
         raise translate_error(
-            exc, sqlstate=exc.sqlstate, constraint=exc.diag.constraint_name
+            exc, sqlstate=exc.sqlstate, constraint=exc.diag.constraint_name, secrets=secrets
         ) from exc
     except psycopg_pool.PoolTimeout as exc:
         raise ConnectorError(
-            f"no database connection became available in time ({mask_password(str(exc))})"
+            f"no database connection became available in time ({mask_password(str(exc))}): "
+            "raise the pool's max_size or timeout"
         ) from exc
     except psycopg_pool.PoolClosed as exc:
         raise AppNotOpen() from exc
 
 
 def is_stale_connection_error(exc: psycopg.Error) -> bool:
-    """True when the statement never ran because the server had dropped the connection."""
+    """True when the statement never ran because the server was dropping the connection."""
     return exc.sqlstate in RETRYABLE_SQLSTATES
 
 
-def connection_kwargs(
-    kwargs: dict[str, Any] | None, json_loads: JSONLoads | None
-) -> tuple[dict[str, Any], Callable[..., Any] | None]:
-    """Connection keywords (autocommit, dict rows) and a configure hook for json_loads."""
-    merged = {"autocommit": True, "row_factory": dict_row, **(kwargs or {})}
-    if json_loads is None:
-        return merged, None
-    loads = json_loads
+def is_dead(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """True for an idle connection the server has already closed (no round trip)."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return True
+    return has_unread_input(fd)
 
-    def configure(conn: Any) -> None:
-        set_json_loads(loads, conn)
 
-    return merged, configure
+def prepare_cursor(
+    cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any], json_loads: JSONLoads | None
+) -> None:
+    """Per-cursor JSON parsing, so it also applies on a pool we did not create."""
+    if json_loads is not None:
+        set_json_loads(json_loads, cursor)
+
+
+def connection_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The connection keywords of our own pools: autocommit, dict rows, then the user's."""
+    return {"autocommit": True, "row_factory": dict_row, **(kwargs or {})}
+
+
+def pool_options(
+    factory: Callable[..., Any], defaults: type[Any], pool_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Our size defaults apply to the default pool class only (a null pool wants none)."""
+    base: dict[str, Any] = {"min_size": 1, "max_size": 10} if factory is defaults else {}
+    return {**base, **pool_kwargs}
 
 
 async def _pool_params(
@@ -90,8 +121,18 @@ async def _pool_params(
     return str(conninfo), dict(kwargs or {})
 
 
+def describe(name: str, conninfo: str, kwargs: dict[str, Any]) -> str:
+    shown = {k: ("***" if k == "password" else v) for k, v in kwargs.items()}
+    extra = f", kwargs={shown!r}" if shown else ""
+    return f"{name}(conninfo={mask_password(conninfo)!r}{extra})"
+
+
 class PsycopgConnector:
-    """asyncio connector on psycopg 3; `conninfo=`, `kwargs=`, or libpq variables."""
+    """asyncio connector on psycopg 3; `conninfo=`, `kwargs=`, or libpq variables.
+
+    Every other keyword goes to the pool (`min_size=`, `max_size=`, `timeout=`, ...);
+    `pool_factory=` swaps the pool class, e.g. `psycopg_pool.AsyncNullConnectionPool`.
+    """
 
     def __init__(
         self,
@@ -109,12 +150,14 @@ class PsycopgConnector:
         self.pool_kwargs = pool_kwargs
         self.json_dumps: JSONDumps = json_dumps or default_json_dumps
         self.json_loads = json_loads
+        self._secrets = dsn_secrets(conninfo, self.kwargs)
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._owns_pool = False
         self._sync: Any = None
+        self._sync_lock = threading.Lock()  # def tasks ask for the twin from many threads
 
     def __repr__(self) -> str:
-        return f"PsycopgConnector(conninfo={mask_password(self.conninfo)!r})"
+        return describe("PsycopgConnector", self.conninfo, self.kwargs)
 
     async def open_async(self, pool: psycopg_pool.AsyncConnectionPool[Any] | None = None) -> None:
         """Open our own pool, or adopt `pool` (which we will then never close)."""
@@ -123,15 +166,22 @@ class PsycopgConnector:
         if pool is not None:
             self._pool, self._owns_pool = pool, False
             return
-        kwargs, configure = connection_kwargs(self.kwargs, self.json_loads)
-        options: dict[str, Any] = {"min_size": 1, "max_size": 10, **self.pool_kwargs}
-        if configure is not None:
-            options.setdefault("configure", configure)
-        with wrap_exceptions():
-            try:
-                created = self.pool_factory(self.conninfo, kwargs=kwargs, open=False, **options)
-            except TypeError as exc:
-                raise ConnectorError(f"invalid pool option: {exc}") from exc
+        kwargs = connection_kwargs(self.kwargs)
+        options = pool_options(
+            self.pool_factory, psycopg_pool.AsyncConnectionPool, self.pool_kwargs
+        )
+        try:  # no I/O yet: an unknown pool option fails first
+            created = self.pool_factory(self.conninfo, kwargs=kwargs, open=False, **options)
+        except (TypeError, ValueError) as exc:
+            raise ConnectorError(
+                f"invalid pool option for PsycopgConnector ({exc}): check its keyword arguments"
+            ) from exc
+        try:  # one direct connection: bad parameters fail now, in libpq's own words
+            probe = await psycopg.AsyncConnection.connect(self.conninfo, **kwargs)
+        except psycopg.Error as exc:
+            raise connect_error(exc, "PsycopgConnector", self._secrets) from exc
+        await probe.close()
+        with wrap_exceptions(self._secrets):
             await created.open(wait=True, timeout=options.get("timeout", 30.0))
         self._pool, self._owns_pool = created, True
 
@@ -152,24 +202,32 @@ class PsycopgConnector:
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         async with self.pool.connection() as conn:
+            if is_dead(conn):
+                await conn.close()  # the pool replaces it
+                raise StaleConnection()
             yield conn
 
     async def _run(self, query: str, params: Params, fetch: str) -> Any:
-        for attempt in (1, 2):
-            with wrap_exceptions():
+        retried = False
+        for _ in range(MAX_DISCARDS):
+            with wrap_exceptions(self._secrets):
                 try:
-                    async with self._connection() as conn:
-                        cursor = await conn.execute(query, params)
+                    async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                        prepare_cursor(cur, self.json_loads)
+                        await cur.execute(query, params)
                         if fetch == "one":
-                            return await cursor.fetchone()
+                            return await cur.fetchone()
                         if fetch == "all":
-                            return await cursor.fetchall()
+                            return await cur.fetchall()
                         return None
+                except StaleConnection:
+                    continue
                 except psycopg.OperationalError as exc:
-                    if attempt == 1 and is_stale_connection_error(exc):
+                    if not retried and is_stale_connection_error(exc):
+                        retried = True
                         continue
                     raise
-        raise AssertionError("unreachable")
+        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     async def execute_async(self, query: str, params: Params) -> None:
         await self._run(query, params, "none")
@@ -192,10 +250,10 @@ class PsycopgConnector:
         cancelled; `on_ready` runs once the LISTENs are in place."""
         conninfo, kwargs = await _pool_params(self.pool)
         kwargs["autocommit"] = True
-        with wrap_exceptions():
+        with wrap_exceptions(self._secrets):
             conn = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
         async with conn:
-            with wrap_exceptions():
+            with wrap_exceptions(self._secrets):
                 for channel in channels:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 if on_ready is not None:
@@ -206,26 +264,38 @@ class PsycopgConnector:
                     on_notify(notify.channel, notify.payload)
 
     def get_sync_connector(self) -> Any:
-        """A blocking twin on the same database, for `defer()` from synchronous code."""
-        if self._sync is None:
-            from .sync_psycopg import SyncPsycopgConnector
+        """A blocking twin on the same database, for `defer()` from synchronous code.
 
-            source = self._pool
-            conninfo, kwargs = self.conninfo, self.kwargs
-            if source is not None and isinstance(source.conninfo, str):
-                conninfo = source.conninfo
-            if source is not None and isinstance(source.kwargs, dict):
-                kwargs = dict(source.kwargs)
-            self._sync = SyncPsycopgConnector(
-                conninfo=conninfo,
-                kwargs=kwargs,
-                json_dumps=self.json_dumps,
-                json_loads=self.json_loads,
-                min_size=1,
-                max_size=self.pool_kwargs.get("max_size", 10),
-                open_lazily=True,
-            )
+        It has its own small pool (opened on first use, from any thread), of the same
+        kind as ours: a null pool when ours is one, so PgBouncer setups stay poolless."""
+        with self._sync_lock:
+            if self._sync is None:
+                self._sync = self._make_sync_connector()
         return self._sync
+
+    def _make_sync_connector(self) -> Any:
+        from .sync_psycopg import SyncPsycopgConnector
+
+        source = self._pool
+        conninfo, kwargs = self.conninfo, self.kwargs
+        if source is not None and isinstance(source.conninfo, str):
+            conninfo = source.conninfo
+        if source is not None and isinstance(source.kwargs, dict):
+            kwargs = dict(source.kwargs)
+        null = isinstance(source, psycopg_pool.AsyncNullConnectionPool) or (
+            self.pool_factory is psycopg_pool.AsyncNullConnectionPool
+        )
+        max_size = source.max_size if source is not None else None
+        return SyncPsycopgConnector(
+            conninfo=conninfo,
+            kwargs=kwargs,
+            json_dumps=self.json_dumps,
+            json_loads=self.json_loads,
+            open_lazily=True,
+            pool_factory=psycopg_pool.NullConnectionPool if null else None,
+            max_size=max_size or self.pool_kwargs.get("max_size", 10),
+            **({} if null else {"min_size": 1}),
+        )
 
     def get_worker_connector(self) -> PsycopgConnector:
         return self

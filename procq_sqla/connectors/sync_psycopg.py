@@ -8,25 +8,50 @@ any thread), so no event loop is ever spun up per call. It cannot run the worker
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.rows import dict_row
 
-from ..database import mask_password
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
-from .base import JSONDumps, JSONLoads, Params, Row, default_json_dumps
-from .psycopg import connection_kwargs, is_stale_connection_error, wrap_exceptions
+from .base import JSONDumps, JSONLoads, Params, Row, connect_error, default_json_dumps, dsn_secrets
+from .psycopg import (
+    MAX_DISCARDS,
+    StaleConnection,
+    connection_kwargs,
+    describe,
+    is_dead,
+    is_stale_connection_error,
+    pool_options,
+    prepare_cursor,
+    wrap_exceptions,
+)
+
+SyncPoolFactory = Callable[..., psycopg_pool.ConnectionPool[Any]]
+
+WRONG_WORKER = (
+    "{name} is synchronous and cannot run the worker or defer_async: give that process "
+    "PsycopgConnector or AiopgConnector instead, as in app.with_connector("
+    "PsycopgConnector(conninfo=...)), because {name}.get_worker_connector() has no async pair"
+)
 
 
 class SyncPsycopgConnector:
-    """Blocking connector on psycopg 3; defers only (the worker needs PsycopgConnector)."""
+    """Blocking connector on psycopg 3; defers only (the worker needs PsycopgConnector).
+
+    Parameters as for `PsycopgConnector`: `conninfo=`, `kwargs=` or libpq variables;
+    every other keyword goes to the pool (`min_size=`, `max_size=`, `timeout=`, ...).
+    """
 
     def __init__(
         self,
         *,
         conninfo: str = "",
         kwargs: dict[str, Any] | None = None,
+        pool_factory: SyncPoolFactory | None = None,
         json_dumps: JSONDumps | None = None,
         json_loads: JSONLoads | None = None,
         open_lazily: bool = False,
@@ -34,37 +59,45 @@ class SyncPsycopgConnector:
     ) -> None:
         self.conninfo = conninfo
         self.kwargs = dict(kwargs or {})
+        self.pool_factory: SyncPoolFactory = pool_factory or psycopg_pool.ConnectionPool
         self.pool_kwargs = pool_kwargs
         self.json_dumps: JSONDumps = json_dumps or default_json_dumps
         self.json_loads = json_loads
+        self._secrets = dsn_secrets(conninfo, self.kwargs)
         self._open_lazily = open_lazily
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._owns_pool = False
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SyncPsycopgConnector(conninfo={mask_password(self.conninfo)!r})"
+        return describe("SyncPsycopgConnector", self.conninfo, self.kwargs)
 
     def open(self, pool: psycopg_pool.ConnectionPool[Any] | None = None) -> None:
+        """Open our own pool, or adopt `pool` (which we will then never close)."""
         with self._lock:
             if self._pool is not None:
                 return
             if pool is not None:
                 self._pool, self._owns_pool = pool, False
                 return
-            kwargs, configure = connection_kwargs(self.kwargs, self.json_loads)
-            options: dict[str, Any] = {"min_size": 1, "max_size": 10, **self.pool_kwargs}
-            if configure is not None:
-                options.setdefault("configure", configure)
-            with wrap_exceptions():
-                try:
-                    created = psycopg_pool.ConnectionPool(
-                        self.conninfo, kwargs=kwargs, open=False, **options
-                    )
-                except TypeError as exc:
-                    raise ConnectorError(f"invalid pool option: {exc}") from exc
-                created.open(wait=True, timeout=options.get("timeout", 30.0))
-            self._pool, self._owns_pool = created, True
+            self._pool, self._owns_pool = self._create_pool(), True
+
+    def _create_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        kwargs = connection_kwargs(self.kwargs)
+        options = pool_options(self.pool_factory, psycopg_pool.ConnectionPool, self.pool_kwargs)
+        try:  # no I/O yet: an unknown pool option fails first
+            created = self.pool_factory(self.conninfo, kwargs=kwargs, open=False, **options)
+        except (TypeError, ValueError) as exc:
+            raise ConnectorError(
+                f"invalid pool option for SyncPsycopgConnector ({exc}): check its keyword arguments"
+            ) from exc
+        try:  # one direct connection: bad parameters fail now, in libpq's own words
+            psycopg.connect(self.conninfo, **kwargs).close()
+        except psycopg.Error as exc:
+            raise connect_error(exc, "SyncPsycopgConnector", self._secrets) from exc
+        with wrap_exceptions(self._secrets):
+            created.open(wait=True, timeout=options.get("timeout", 30.0))
+        return created
 
     def close(self) -> None:
         with self._lock:
@@ -81,22 +114,35 @@ class SyncPsycopgConnector:
         assert self._pool is not None
         return self._pool
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self.pool.connection() as conn:
+            if is_dead(conn):
+                conn.close()  # the pool replaces it
+                raise StaleConnection()
+            yield conn
+
     def _run(self, query: str, params: Params, fetch: str) -> Any:
-        for attempt in (1, 2):
-            with wrap_exceptions():
+        retried = False
+        for _ in range(MAX_DISCARDS):
+            with wrap_exceptions(self._secrets):
                 try:
-                    with self.pool.connection() as conn:
-                        cursor = conn.execute(query, params)
+                    with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                        prepare_cursor(cur, self.json_loads)
+                        cur.execute(query, params)
                         if fetch == "one":
-                            return cursor.fetchone()
+                            return cur.fetchone()
                         if fetch == "all":
-                            return cursor.fetchall()
+                            return cur.fetchall()
                         return None
+                except StaleConnection:
+                    continue
                 except psycopg.OperationalError as exc:
-                    if attempt == 1 and is_stale_connection_error(exc):
+                    if not retried and is_stale_connection_error(exc):
+                        retried = True
                         continue
                     raise
-        raise AssertionError("unreachable")
+        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     def execute(self, query: str, params: Params) -> None:
         self._run(query, params, "none")
@@ -110,8 +156,4 @@ class SyncPsycopgConnector:
         return rows
 
     def get_worker_connector(self) -> Any:
-        raise WrongConnector(
-            "SyncPsycopgConnector cannot run the worker or defer_async: use "
-            "PsycopgConnector (same conninfo/kwargs) for the worker process, e.g. "
-            "app.with_connector(PsycopgConnector(conninfo=...))"
-        )
+        raise WrongConnector(WRONG_WORKER.format(name="SyncPsycopgConnector"))

@@ -1,0 +1,217 @@
+"""`Psycopg2Connector`: blocking psycopg2 over a `psycopg2.pool.ThreadedConnectionPool`.
+
+For web processes still on psycopg2 that only defer and read jobs; the worker runs on
+`PsycopgConnector` or `AiopgConnector` (`app.with_connector(...)`). It is also the
+blocking twin `AiopgConnector` lends to synchronous code. psycopg2's pool never waits
+(it raises "pool exhausted"), so callers queue on a semaphore of `maxconn` slots for up
+to `timeout` seconds instead. A pooled connection whose socket already holds the
+server's goodbye is discarded before a statement is sent on it (no round trip).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+import psycopg2.pool
+
+from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
+from .base import (
+    JSONDumps,
+    JSONLoads,
+    Params,
+    Row,
+    connect_error,
+    default_json_dumps,
+    describe_params,
+    dsn_secrets,
+    has_unread_input,
+    translate_error,
+)
+from .sync_psycopg import WRONG_WORKER
+
+MAX_DISCARDS = 32
+
+
+@contextmanager
+def wrap_exceptions(secrets: Iterable[str] = ()) -> Iterator[None]:
+    """The one place psycopg2's errors become procq_sqla's."""
+    try:
+        yield
+    except psycopg2.Error as exc:
+        diag = getattr(exc, "diag", None)
+        raise translate_error(
+            exc,
+            sqlstate=exc.pgcode,
+            constraint=getattr(diag, "constraint_name", None),
+            secrets=secrets,
+        ) from exc
+
+
+def is_dead(conn: Any) -> bool:
+    """True for an idle connection the server has already closed (no round trip)."""
+    if conn.closed:
+        return True
+    try:
+        return has_unread_input(conn.fileno())
+    except psycopg2.Error:
+        return True
+
+
+def prepare_cursor(cursor: Any, json_loads: JSONLoads | None) -> None:
+    """Per-cursor JSON parsing, so it also applies on a pool we did not create."""
+    if json_loads is not None:
+        psycopg2.extras.register_default_json(cursor, loads=json_loads)
+        psycopg2.extras.register_default_jsonb(cursor, loads=json_loads)
+
+
+def run_statement(
+    conn: Any, query: str, params: Params, fetch: str, loads: JSONLoads | None
+) -> Any:
+    """One statement on a blocking psycopg2 connection. A connection that is not in
+    autocommit (from a pool handed to `open(pool)`) gets its own commit or rollback."""
+    try:
+        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            prepare_cursor(cur, loads)
+            cur.execute(query, dict(params))
+            result: Any = None
+            if fetch == "one":
+                row = cur.fetchone()
+                result = dict(row) if row is not None else None
+            elif fetch == "all":
+                result = [dict(row) for row in cur.fetchall()]
+        if not conn.autocommit:
+            conn.commit()
+        return result
+    except BaseException:
+        if not conn.closed and not conn.autocommit:
+            conn.rollback()
+        raise
+
+
+class Psycopg2Connector:
+    """Blocking connector on psycopg2; defers and reads jobs, cannot run the worker.
+
+    Connection parameters: `dsn=`, psycopg2/libpq keywords (`host=`, `dbname=`, ...), or
+    the libpq variables when neither is given. `minconn`/`maxconn` size the pool
+    (psycopg2's pool keeps at most `minconn` idle connections); `timeout` is how long a
+    call waits for a free connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        minconn: int = 1,
+        maxconn: int = 10,
+        timeout: float = 30.0,
+        json_dumps: JSONDumps | None = None,
+        json_loads: JSONLoads | None = None,
+        open_lazily: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.minconn = minconn
+        self.maxconn = maxconn
+        self.timeout = timeout
+        self.kwargs = kwargs
+        self.json_dumps: JSONDumps = json_dumps or default_json_dumps
+        self.json_loads = json_loads
+        self._secrets = dsn_secrets(kwargs.get("dsn"), kwargs)
+        self._open_lazily = open_lazily
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._owns_pool = False
+        self._slots = threading.BoundedSemaphore(maxconn)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        others = {k: v for k, v in self.kwargs.items() if k != "dsn"}
+        return f"Psycopg2Connector({describe_params('dsn', self.kwargs.get('dsn'), others)})"
+
+    def open(self, pool: psycopg2.pool.ThreadedConnectionPool | None = None) -> None:
+        """Open our own pool, or adopt `pool` (which we will then never close)."""
+        with self._lock:
+            if self._pool is not None:
+                return
+            if pool is not None:
+                self._slots = threading.BoundedSemaphore(pool.maxconn)
+                self._pool, self._owns_pool = pool, False
+                return
+            self._pool, self._owns_pool = self._create_pool(), True
+
+    def _create_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        try:
+            created = psycopg2.pool.ThreadedConnectionPool(
+                self.minconn, self.maxconn, **self.kwargs
+            )
+            # minconn=0 connects nobody yet: one connection now, so bad parameters fail here
+            created.putconn(created.getconn())
+        except psycopg2.pool.PoolError as exc:
+            raise ConnectorError(
+                f"invalid pool option for Psycopg2Connector ({exc}): check its keyword arguments"
+            ) from exc
+        except (psycopg2.Error, TypeError) as exc:
+            raise connect_error(exc, "Psycopg2Connector", self._secrets) from exc
+        self._slots = threading.BoundedSemaphore(self.maxconn)
+        return created
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and self._owns_pool:
+            pool.closeall()
+
+    @property
+    def pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        if self._pool is None:
+            if not self._open_lazily:
+                raise AppNotOpen()
+            self.open()
+        assert self._pool is not None
+        return self._pool
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        slots = self._slots  # the one we acquire is the one we release, across a reopen
+        if not slots.acquire(timeout=self.timeout):
+            raise ConnectorError(
+                f"no database connection became available in {self.timeout:g} s: "
+                "raise Psycopg2Connector's maxconn or timeout"
+            )
+        try:
+            yield
+        finally:
+            slots.release()
+
+    def _run(self, query: str, params: Params, fetch: str) -> Any:
+        pool = self.pool
+        with self._slot(), wrap_exceptions(self._secrets):
+            for _ in range(MAX_DISCARDS):
+                conn = pool.getconn()
+                if is_dead(conn):
+                    pool.putconn(conn, close=True)
+                    continue
+                try:
+                    if self._owns_pool and not conn.autocommit:
+                        conn.autocommit = True  # one round trip per statement, no BEGIN
+                    return run_statement(conn, query, params, fetch, self.json_loads)
+                finally:
+                    pool.putconn(conn, close=bool(conn.closed))
+        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+
+    def execute(self, query: str, params: Params) -> None:
+        self._run(query, params, "none")
+
+    def fetch_one(self, query: str, params: Params) -> Row | None:
+        row: Row | None = self._run(query, params, "one")
+        return row
+
+    def fetch_all(self, query: str, params: Params) -> list[Row]:
+        rows: list[Row] = self._run(query, params, "all")
+        return rows
+
+    def get_worker_connector(self) -> Any:
+        raise WrongConnector(WRONG_WORKER.format(name="Psycopg2Connector"))
