@@ -8,8 +8,9 @@ see `contrib.sqlalchemy`), which is how a job joins the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .exceptions import AlreadyEnqueued, InvalidOption, JobNotFound
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 DEFAULT_LIST_LIMIT = 100
+PRUNE_BATCH = 10_000
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
+JOB_STATUSES = ("todo", "doing", *FINISHED_STATUSES)
+
+logger = logging.getLogger("procq_sqla.manager")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,106 @@ def _job_or_raise(job_id: int) -> Callable[[list[Row]], Job]:
 
 def _jobs(rows: list[Row]) -> list[Job]:
     return [Job.from_row(row) for row in rows]
+
+
+def _rows(rows: list[Row]) -> list[Row]:
+    return rows
+
+
+def _first_row(rows: list[Row]) -> Row:
+    return rows[0]
+
+
+def _count(rows: list[Row]) -> int:
+    return len(rows)
+
+
+def _versions(rows: list[Row]) -> list[str]:
+    return [str(row["version_num"]) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Job counts of one queue by status, and the age of its oldest runnable job."""
+
+    queue: str
+    counts: dict[str, int]
+    oldest_waiting_age: float | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> QueueStats:
+        counts = {status: int(row[status]) for status in JOB_STATUSES}
+        age = row["oldest_waiting_age"]
+        return cls(str(row["queue"]), counts, None if age is None else float(age))
+
+
+def _queue_stats(rows: list[Row]) -> list[QueueStats]:
+    return [QueueStats.from_row(row) for row in rows]
+
+
+@dataclass(slots=True)
+class HealthReport:
+    """What `procq healthchecks` looks at, gathered by `JobManager.health()`."""
+
+    server_version: str = ""
+    database: str = ""
+    schema_present: bool = False
+    head: str = ""
+    current_revisions: list[str] = field(default_factory=list)
+    missing_revisions: list[str] = field(default_factory=list)
+    workers_total: int = 0
+    workers_alive: int = 0
+    oldest_waiting_age: float | None = None
+
+    @property
+    def schema_at_head(self) -> bool:
+        return self.schema_present and not self.missing_revisions
+
+
+def missing_revisions_from(recorded: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    """procq's head, its recorded revision(s) and its revisions not yet applied (oldest
+    first), given the version numbers an Alembic version table holds (an application's
+    shared table holds its own too)."""
+    from alembic.script import ScriptDirectory
+
+    from .migrations import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    assert head is not None
+    known = {rev.revision for rev in script.walk_revisions()}
+    ours = [v for v in recorded if v in known]
+    current = ours[0] if ours else None
+    pending = [
+        rev.revision
+        for rev in script.iterate_revisions("head", current or "base")
+        if rev.revision != current
+    ]
+    return head, ours, pending[::-1]
+
+
+def health_steps(stalled_after: float) -> Generator[Plan[Any], Any, HealthReport]:
+    """The health checks as I/O-free steps: yields plans, receives their results."""
+    report = HealthReport()
+    server: Row = yield Plan(queries["server_version"], {}, _first_row)
+    report.server_version, report.database = str(server["version"]), str(server["database"])
+    tables: Row = yield Plan(queries["schema_version_tables"], {}, _first_row)
+    report.schema_present = bool(tables["jobs"] and tables["workers"])
+    recorded: list[str] = []
+    if tables["own"]:
+        recorded = yield Plan(queries["own_schema_versions"], {}, _versions)
+    elif tables["shared"]:
+        recorded = yield Plan(queries["shared_schema_versions"], {}, _versions)
+    report.head, report.current_revisions, report.missing_revisions = missing_revisions_from(
+        recorded
+    )
+    if not report.schema_present:
+        return report
+    workers: Row = yield Plan(queries["worker_summary"], {"seconds": stalled_after}, _first_row)
+    report.workers_total, report.workers_alive = int(workers["total"]), int(workers["alive"])
+    age: Row = yield Plan(queries["oldest_waiting_job_age"], {}, _first_row)
+    report.oldest_waiting_age = None if age["age"] is None else float(age["age"])
+    return report
 
 
 class JobManager:
@@ -122,12 +228,54 @@ class JobManager:
 
     @staticmethod
     def plan_counts() -> Plan[list[Row]]:
-        return Plan(queries["count_jobs"], {}, lambda rows: rows)
+        return Plan(queries["count_jobs"], {}, _rows)
+
+    @staticmethod
+    def plan_queue_stats() -> Plan[list[QueueStats]]:
+        return Plan(queries["queue_stats"], {}, _queue_stats)
+
+    @staticmethod
+    def plan_prune(
+        older_than: float, statuses: Sequence[str] = FINISHED_STATUSES, limit: int = PRUNE_BATCH
+    ) -> Plan[int]:
+        """One batch of pruning: returns how many jobs it deleted."""
+        if older_than < 0:
+            raise InvalidOption(f"older_than must not be negative, not {older_than}")
+        unknown = [s for s in statuses if s not in FINISHED_STATUSES]
+        if unknown or not statuses:
+            raise InvalidOption(
+                f"only finished jobs can be pruned ({', '.join(FINISHED_STATUSES)}), "
+                f"not {', '.join(unknown) or 'no status'}"
+            )
+        params = {"seconds": older_than, "statuses": list(statuses), "limit": limit}
+        return Plan(queries["prune_jobs"], params, _count)
+
+    # -- multi-step programs ------------------------------------------------------------
+
+    def _drive(self, steps: Generator[Plan[Any], Any, T]) -> T:
+        try:
+            plan = next(steps)
+            while True:
+                plan = steps.send(self._run(plan))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _drive_async(self, steps: Generator[Plan[Any], Any, T]) -> T:
+        try:
+            plan = next(steps)
+            while True:
+                plan = steps.send(await self._run_async(plan))
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     # -- sync API ------------------------------------------------------------------------
 
     def defer(self, task_name: str, options: JobOptions, args_json: str, via: Any = None) -> int:
-        return self._run(self.plan_defer(task_name, options, args_json), via)
+        job_id = self._run(self.plan_defer(task_name, options, args_json), via)
+        log_deferred(task_name, options, [job_id])
+        return job_id
 
     def batch_defer(
         self,
@@ -141,7 +289,9 @@ class JobManager:
         if not args_json:
             return []
         plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
-        return self._run(plan, via)
+        ids = self._run(plan, via)
+        log_deferred(task_name, options, ids)
+        return ids
 
     def get_job(self, job_id: int) -> Job:
         return self._run(self.plan_get(job_id))
@@ -164,12 +314,38 @@ class JobManager:
     def count_jobs(self) -> list[Row]:
         return self._run(self.plan_counts())
 
+    def queue_stats(self) -> list[QueueStats]:
+        """Per queue: counts by status and the oldest runnable job's age (seconds)."""
+        return self._run(self.plan_queue_stats())
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        statuses: Sequence[str] = FINISHED_STATUSES,
+        batch_size: int = PRUNE_BATCH,
+    ) -> int:
+        """Delete jobs finished more than `older_than` seconds ago, in bounded batches
+        (each its own short transaction); returns how many were deleted."""
+        total = 0
+        while True:
+            deleted = self._run(self.plan_prune(older_than, statuses, batch_size))
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    def health(self, *, stalled_after: float = 30.0) -> HealthReport:
+        """Server version, schema revisions against head, live workers, oldest waiting job."""
+        return self._drive(health_steps(stalled_after))
+
     # -- async API -----------------------------------------------------------------------
 
     async def defer_async(
         self, task_name: str, options: JobOptions, args_json: str, via: Any = None
     ) -> int:
-        return await self._run_async(self.plan_defer(task_name, options, args_json), via)
+        job_id = await self._run_async(self.plan_defer(task_name, options, args_json), via)
+        log_deferred(task_name, options, [job_id])
+        return job_id
 
     async def batch_defer_async(
         self,
@@ -183,7 +359,9 @@ class JobManager:
         if not args_json:
             return []
         plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
-        return await self._run_async(plan, via)
+        ids = await self._run_async(plan, via)
+        log_deferred(task_name, options, ids)
+        return ids
 
     async def get_job_async(self, job_id: int) -> Job:
         return await self._run_async(self.plan_get(job_id))
@@ -204,6 +382,40 @@ class JobManager:
 
     async def count_jobs_async(self) -> list[Row]:
         return await self._run_async(self.plan_counts())
+
+    async def queue_stats_async(self) -> list[QueueStats]:
+        return await self._run_async(self.plan_queue_stats())
+
+    async def prune_async(
+        self,
+        older_than: float,
+        *,
+        statuses: Sequence[str] = FINISHED_STATUSES,
+        batch_size: int = PRUNE_BATCH,
+    ) -> int:
+        total = 0
+        while True:
+            deleted = await self._run_async(self.plan_prune(older_than, statuses, batch_size))
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    async def health_async(self, *, stalled_after: float = 30.0) -> HealthReport:
+        return await self._drive_async(health_steps(stalled_after))
+
+
+def log_deferred(task_name: str, options: JobOptions, ids: Sequence[int | None]) -> None:
+    """The `job_deferred` event (one record per call; a batch lists its ids). Inside a
+    session the job exists only once the caller commits."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    extra: dict[str, Any] = {"event": "job_deferred", "task": task_name, "queue": options.queue}
+    if len(ids) == 1:
+        extra["job_id"] = ids[0]
+        logger.info("job %s %s deferred", ids[0], task_name, extra=extra)
+    else:
+        extra["job_ids"] = list(ids)
+        logger.info("%d jobs of %s deferred", len(ids), task_name, extra=extra)
 
 
 def raise_if_skipped(ids: list[int | None], queueing_lock: str | None) -> list[int]:

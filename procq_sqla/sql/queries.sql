@@ -56,7 +56,9 @@ RETURNING j.id, j.queue, j.task_name, j.args, j.priority, j.lock, j.queueing_loc
           j.scheduled_at, j.attempts, j.created_at
 
 -- name: claim_jobs_in_queues --
--- The same claim restricted to the worker's queues (%(queues)s, a text array).
+-- The same claim restricted to the worker's queues (%(queues)s, a text array). An earlier
+-- job of the same lock in another queue blocks only while some registered worker reads
+-- that queue: a job in a queue nobody reads never blocks its lock.
 WITH candidates AS (
     SELECT j.id FROM procq_jobs AS j
     WHERE j.status = 'todo'
@@ -67,7 +69,9 @@ WITH candidates AS (
                         WHERE d.lock = j.lock AND d.status = 'doing')
         AND NOT EXISTS (SELECT 1 FROM procq_jobs AS e
                         WHERE e.lock = j.lock AND e.status = 'todo'
-                          AND e.queue = ANY(%(queues)s::text[])
+                          AND (e.queue = ANY(%(queues)s::text[])
+                               OR EXISTS (SELECT 1 FROM procq_workers AS w
+                                          WHERE w.queues IS NULL OR e.queue = ANY(w.queues)))
                           AND (e.scheduled_at IS NULL OR e.scheduled_at <= now())
                           AND (e.priority > j.priority
                                OR (e.priority = j.priority AND e.id < j.id)))
@@ -86,13 +90,16 @@ RETURNING j.id, j.queue, j.task_name, j.args, j.priority, j.lock, j.queueing_loc
 
 -- name: finish_jobs --
 -- Record many outcomes in one statement. Status 'todo' means retry after delay s; a retry
--- whose queueing lock already has a waiting job fails instead of colliding with it. Only
--- jobs still held by the given worker are touched (a rescued job is not overwritten).
+-- whose queueing lock already has a waiting job (or an earlier retry of this batch) fails
+-- instead of colliding with it. Only jobs still held by the given worker are touched (a
+-- rescued job is not overwritten).
 WITH outcome AS (
     SELECT o.id, o.status, o.error, o.delay,
-           (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND EXISTS (
-                SELECT 1 FROM procq_jobs AS q
-                WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')) AS collides
+           (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND (
+                EXISTS (SELECT 1 FROM procq_jobs AS q
+                        WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
+                OR row_number() OVER (PARTITION BY j.queueing_lock, o.status = 'todo'
+                                      ORDER BY o.id) > 1)) AS collides
     FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
                 %(delays)s::float8[]) AS o(id, status, error, delay)
     JOIN procq_jobs AS j ON j.id = o.id
@@ -110,11 +117,19 @@ WITH outcome AS (
         worker_id = NULL
     FROM outcome AS o
     WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
-    RETURNING j.id, j.queue, j.status, j.scheduled_at
+    RETURNING j.id, j.queue, j.status, j.scheduled_at, j.lock
 ), woken AS (
+    -- wake workers for runnable retries, and for the jobs waiting on a lock just released
     SELECT pg_notify('procq_jobs', q.queue)
-    FROM (SELECT DISTINCT queue FROM updated
-          WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())) AS q
+    FROM (SELECT queue FROM updated
+          WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())
+          UNION
+          SELECT h.queue FROM (SELECT DISTINCT lock FROM updated WHERE lock IS NOT NULL) AS l
+          CROSS JOIN LATERAL (
+              SELECT w.queue FROM procq_jobs AS w
+              WHERE w.lock = l.lock AND w.lock IS NOT NULL AND w.status = 'todo'
+                AND (w.scheduled_at IS NULL OR w.scheduled_at <= now())
+              ORDER BY w.priority DESC, w.id LIMIT 1) AS h) AS q
 )
 SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
 
@@ -157,9 +172,11 @@ LIMIT 1000
 -- worker's id so a job claimed again meanwhile is never touched.
 WITH outcome AS (
     SELECT o.id, o.status, o.worker_id,
-           (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND EXISTS (
-                SELECT 1 FROM procq_jobs AS q
-                WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')) AS collides
+           (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND (
+                EXISTS (SELECT 1 FROM procq_jobs AS q
+                        WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
+                OR row_number() OVER (PARTITION BY j.queueing_lock, o.status = 'todo'
+                                      ORDER BY o.id) > 1)) AS collides
     FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(worker_ids)s::bigint[])
          AS o(id, status, worker_id)
     JOIN procq_jobs AS j ON j.id = o.id
@@ -181,6 +198,34 @@ WITH outcome AS (
     FROM (SELECT DISTINCT queue FROM updated WHERE status = 'todo') AS q
 )
 SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
+
+-- name: defer_periodic_jobs --
+-- Claim periodic ticks and defer their jobs in one statement: a tick already claimed by
+-- another worker inserts nothing (exactly once), and a tick whose queueing lock already
+-- has a waiting job is recorded but skipped. The job id is drawn before the insert so the
+-- tick row can name its job.
+WITH ticks AS (
+    SELECT t.*, nextval(pg_get_serial_sequence('procq_jobs', 'id')) AS job_id
+    FROM unnest(%(task_names)s::text[], %(periodic_ids)s::text[], %(timestamps)s::bigint[],
+                %(queues)s::text[], %(args)s::jsonb[], %(priorities)s::integer[],
+                %(locks)s::text[], %(queueing_locks)s::text[])
+         AS t(task_name, periodic_id, defer_timestamp, queue, args, priority, lock,
+              queueing_lock)
+), claimed AS (
+    INSERT INTO procq_periodic_defers (task_name, periodic_id, defer_timestamp, job_id)
+    SELECT task_name, periodic_id, defer_timestamp, job_id FROM ticks
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+)
+INSERT INTO procq_jobs (id, queue, task_name, args, priority, lock, queueing_lock)
+SELECT t.job_id, t.queue, t.task_name, t.args, t.priority, t.lock, t.queueing_lock
+FROM ticks AS t JOIN claimed AS c ON c.job_id = t.job_id
+ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
+RETURNING id, task_name, args
+
+-- name: prune_periodic_defers --
+-- Forget claimed ticks older than any worker would still defer (epoch seconds).
+DELETE FROM procq_periodic_defers WHERE defer_timestamp < %(before)s
 
 -- name: get_job --
 -- One job by id.
@@ -257,3 +302,61 @@ SELECT to_regclass('procq_jobs') IS NOT NULL AS present
 -- Workers whose heartbeat is recent.
 SELECT count(*) AS count FROM procq_workers
 WHERE last_heartbeat >= now() - make_interval(secs => %(seconds)s)
+
+-- name: prune_jobs --
+-- Delete up to %(limit)s jobs in the finished statuses %(statuses)s that finished more than
+-- %(seconds)s ago, oldest first; returns the deleted ids. Both halves are index scans
+-- (procq_jobs_finished_idx, then the primary key through the id array): never a full scan.
+DELETE FROM procq_jobs
+WHERE id = ANY(ARRAY(
+    SELECT id FROM procq_jobs
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+      AND status = ANY(%(statuses)s::text[])
+      AND finished_at < now() - make_interval(secs => %(seconds)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED))
+RETURNING id
+
+-- name: queue_stats --
+-- Per queue: job counts by status and the age in seconds of its oldest runnable job.
+SELECT queue,
+       count(*) FILTER (WHERE status = 'todo') AS todo,
+       count(*) FILTER (WHERE status = 'doing') AS doing,
+       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE status = 'aborted') AS aborted,
+       extract(epoch FROM now() - min(coalesce(scheduled_at, created_at))
+               FILTER (WHERE status = 'todo'
+                       AND (scheduled_at IS NULL OR scheduled_at <= now())))::float
+           AS oldest_waiting_age
+FROM procq_jobs
+GROUP BY queue
+ORDER BY queue
+
+-- name: server_version --
+-- The server's version, and proof that it answers.
+SELECT current_setting('server_version') AS version, current_database() AS database
+
+-- name: schema_version_tables --
+-- Which Alembic version tables exist: procq's own, and an application's shared one.
+SELECT to_regclass('procq_alembic_version') IS NOT NULL AS own,
+       to_regclass('alembic_version') IS NOT NULL AS shared,
+       to_regclass('procq_jobs') IS NOT NULL AS jobs,
+       to_regclass('procq_workers') IS NOT NULL AS workers
+
+-- name: own_schema_versions --
+-- The revisions recorded by procq's standalone Alembic environment.
+SELECT version_num FROM procq_alembic_version
+
+-- name: shared_schema_versions --
+-- The revisions recorded by an application's Alembic environment that folds ours in.
+SELECT version_num FROM alembic_version
+
+-- name: worker_summary --
+-- Registered workers, and how many sent a heartbeat within %(seconds)s.
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(seconds)s))
+           AS alive
+FROM procq_workers
