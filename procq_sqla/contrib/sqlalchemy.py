@@ -1,5 +1,8 @@
-"""SQLAlchemy integration: deferring inside an application's own session or connection.
+"""SQLAlchemy integration: the engine-shared connector and deferring inside sessions.
 
+`SQLAlchemyPsycopg2Connector` borrows connections from the application's own `Engine`
+(`app.open(engine)`), so deferring never opens a connection of its own, and derives the
+paired `PsycopgConnector` the worker runs on from that engine's URL.
 `task.configure(session=s).defer(...)` runs the INSERT on `s`'s connection, inside its
 transaction, and never commits or rolls back: the job is committed with the business
 rows or vanishes with them. A job with a queueing lock is inserted inside a SAVEPOINT so
@@ -8,16 +11,32 @@ that `AlreadyEnqueued` leaves the session usable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
+from psycopg.types.json import set_json_loads
+from sqlalchemy import create_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
-from ..connectors.base import Params, Row, translate_error
+from ..connectors.base import (
+    RETRYABLE_SQLSTATES,
+    JSONDumps,
+    JSONLoads,
+    Params,
+    Row,
+    default_json_dumps,
+    has_unread_input,
+    translate_error,
+)
+from ..connectors.psycopg import PsycopgConnector
+from ..database import mask_password, sqlalchemy_url
+from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 
 
 @contextmanager
@@ -26,11 +45,7 @@ def wrap_exceptions() -> Iterator[None]:
     try:
         yield
     except sa_exc.DBAPIError as exc:
-        orig = exc.orig
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-        diag = getattr(orig, "diag", None)
-        constraint = getattr(diag, "constraint_name", None)
-        raise translate_error(orig or exc, sqlstate=sqlstate, constraint=constraint) from exc
+        raise _translate(exc.orig or exc) from exc
 
 
 def _needs_savepoint(params: Params) -> bool:
@@ -47,8 +62,11 @@ class SessionExecutor:
 
     def _connection(self) -> Connection:
         if isinstance(self.target, Connection):
-            return self.target
-        return self.target.connection()
+            connection = self.target
+        else:
+            connection = self.target.connection()
+        check_dialect(connection.dialect, "defer inside a session")
+        return connection
 
     def fetch_all(self, query: str, params: Params) -> list[Row]:
         connection = self._connection()
@@ -73,8 +91,11 @@ class AsyncSessionExecutor:
 
     async def _connection(self) -> AsyncConnection:
         if isinstance(self.target, AsyncConnection):
-            return self.target
-        return await self.target.connection()
+            connection = self.target
+        else:
+            connection = await self.target.connection()
+        check_dialect(connection.dialect, "defer inside a session")
+        return connection
 
     async def fetch_all_async(self, query: str, params: Params) -> list[Row]:
         connection = await self._connection()
@@ -111,3 +132,262 @@ def async_session_executor(session: Any) -> AsyncSessionExecutor:
         "defer_async(session=...) takes a SQLAlchemy AsyncSession or AsyncConnection, "
         f"not {type(session).__name__}"
     )
+
+
+# -- the engine-shared connector ----------------------------------------------------------
+
+MAX_DISCARDS = 64  # dead idle connections skipped per statement (a restart kills all)
+SUPPORTED_DRIVERS = ("psycopg2", "psycopg")
+SUPPORTED_DIALECTS = "postgresql+psycopg2:// or postgresql+psycopg://"
+
+
+def check_engine(engine: Any) -> Engine:
+    """The engine itself, or a clear error for anything we cannot borrow connections from."""
+    if isinstance(engine, AsyncEngine):
+        raise WrongConnector(
+            "app.open() needs a synchronous Engine, not an AsyncEngine: open the app on "
+            "create_engine(...) and defer through an AsyncSession with defer_async()"
+        )
+    if not isinstance(engine, Engine):
+        raise TypeError(
+            f"app.open() takes a SQLAlchemy Engine (or nothing), not {type(engine).__name__}"
+        )
+    check_dialect(engine.dialect, "use an engine")
+    return engine
+
+
+def check_dialect(dialect: Dialect, what: str) -> None:
+    """Our SQL (`%(name)s` placeholders, PostgreSQL) needs psycopg2 or psycopg 3."""
+    if dialect.name != "postgresql" or dialect.driver not in SUPPORTED_DRIVERS:
+        raise WrongConnector(
+            f"procq_sqla cannot {what} on {dialect.name}+{dialect.driver}: "
+            f"use a PostgreSQL engine on {SUPPORTED_DIALECTS}"
+        )
+
+
+def libpq_params(engine: Engine, connect_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The libpq keywords the engine connects with (URL + connect_args), for psycopg 3."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    params: dict[str, Any] = {}
+    if cargs and isinstance(cargs[0], str) and cargs[0]:
+        params["conninfo"] = cargs[0]
+    for key, value in {**cparams, **(connect_args or {})}.items():
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            params[key] = value
+    return params
+
+
+class SQLAlchemyPsycopg2Connector:
+    """Sync connector that borrows connections from a SQLAlchemy engine's pool.
+
+    `app.open(engine)` lends it the application's engine (psycopg2 or psycopg 3 dialect);
+    `app.open()` makes it create its own from `dsn` and `engine_kwargs` (disposed at
+    close). Each statement runs in autocommit on a pooled connection: one round trip, no
+    BEGIN/COMMIT. `get_worker_connector()` is the paired `PsycopgConnector`.
+    """
+
+    driver = "psycopg2"
+
+    def __init__(
+        self,
+        *,
+        dsn: str = "",
+        json_dumps: JSONDumps | None = None,
+        json_loads: JSONLoads | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        self.dsn = dsn
+        self.json_dumps: JSONDumps = json_dumps or default_json_dumps
+        self.json_loads = json_loads
+        self.engine_kwargs = engine_kwargs
+        self._engine: Engine | None = None
+        self._owns_engine = False
+        self._lock = threading.Lock()
+        self._worker: tuple[str, PsycopgConnector] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._safe_url()!r})"
+
+    def _safe_url(self) -> str:
+        if self._engine is not None:
+            return self._engine.url.render_as_string(hide_password=True)
+        return mask_password(self.sqlalchemy_url())
+
+    def sqlalchemy_url(self) -> str:
+        """The URL this connector's own engine uses (the `dsn`, on this class's driver)."""
+        return sqlalchemy_url(self.dsn, self.driver)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def open(self, engine: Engine | None = None) -> None:
+        """Borrow `engine` (never disposed here), or create our own engine from `dsn`."""
+        with self._lock:
+            if engine is not None:
+                engine = check_engine(engine)
+            if self._engine is not None:
+                if engine is None or engine is self._engine:
+                    return
+                raise ConnectorError(
+                    "this connector is already open on another engine: close() it first"
+                )
+            if engine is None:
+                engine = check_engine(self._create_engine())
+                self._owns_engine = True
+            else:
+                self._owns_engine = False
+            self._engine = engine
+
+    def _create_engine(self) -> Engine:
+        try:
+            return create_engine(self.sqlalchemy_url(), **self.engine_kwargs)
+        except TypeError as exc:
+            raise ConnectorError(f"invalid engine option: {exc}") from exc
+        except sa_exc.ArgumentError as exc:
+            raise ConnectorError(mask_password(str(exc))) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        if self._owns_engine:
+            engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise AppNotOpen()
+        return self._engine
+
+    # -- running statements ------------------------------------------------------------------
+
+    def _run(self, query: str, params: Params, fetch: bool) -> list[Row]:
+        for attempt in (1, 2):
+            with self._checkout() as (proxy, dbapi):
+                cursor = dbapi.cursor()
+                try:
+                    if fetch and self.json_loads is not None:
+                        _set_json_loads(dbapi, cursor, self.json_loads)
+                    cursor.execute(query, params)
+                    if not fetch:
+                        return []
+                    names = [column[0] for column in cursor.description]
+                    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                except self.engine.dialect.loaded_dbapi.Error as exc:
+                    gone = self.engine.dialect.is_disconnect(exc, dbapi, cursor)
+                    if gone:
+                        proxy.invalidate(exc)
+                    if gone and attempt == 1 and _sqlstate(exc) in RETRYABLE_SQLSTATES:
+                        continue
+                    raise _translate(exc) from exc
+                finally:
+                    if not dbapi.closed:
+                        cursor.close()
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _checkout(self) -> Iterator[tuple[Any, Any]]:
+        """A pooled DBAPI connection in autocommit, put back as it was afterwards.
+
+        Autocommit makes a defer one round trip (no BEGIN/COMMIT). Flipping the driver's
+        own `autocommit` attribute costs nothing, where SQLAlchemy's
+        `isolation_level="AUTOCOMMIT"` option costs a round trip per checkout on psycopg2.
+        Connections the server closed while they sat idle are skipped unused.
+        """
+        engine = self.engine
+        for _ in range(MAX_DISCARDS):
+            try:
+                proxy = engine.raw_connection()
+            except engine.dialect.loaded_dbapi.Error as exc:  # the pool could not connect
+                raise _translate(exc) from exc
+            except sa_exc.TimeoutError as exc:
+                raise ConnectorError(
+                    "no connection became available in time from the engine's pool: "
+                    "raise its pool_size/max_overflow or pool_timeout"
+                ) from exc
+            dbapi = proxy.dbapi_connection
+            if dbapi is None or dbapi.closed or has_unread_input(dbapi.fileno()):
+                proxy.invalidate()  # the pool replaces it; no statement was sent
+                proxy.close()
+                continue
+            previous = dbapi.autocommit
+            dbapi.autocommit = True
+            try:
+                yield proxy, dbapi
+            finally:
+                if not dbapi.closed:
+                    dbapi.autocommit = previous
+                proxy.close()
+            return
+        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+
+    def execute(self, query: str, params: Params) -> None:
+        self._run(query, params, fetch=False)
+
+    def fetch_one(self, query: str, params: Params) -> Row | None:
+        rows = self._run(query, params, fetch=True)
+        return rows[0] if rows else None
+
+    def fetch_all(self, query: str, params: Params) -> list[Row]:
+        return self._run(query, params, fetch=True)
+
+    # -- the paired async connector ----------------------------------------------------------
+
+    def worker_params(self) -> dict[str, Any]:
+        """libpq keywords for the worker: from the engine in use, else from `dsn`."""
+        if self._engine is not None:
+            connect_args = self.engine_kwargs.get("connect_args") if self._owns_engine else None
+            return libpq_params(self._engine, connect_args)
+        engine = check_engine(create_engine(self.sqlalchemy_url()))
+        try:
+            return libpq_params(engine, self.engine_kwargs.get("connect_args"))
+        finally:
+            engine.dispose()
+
+    def get_worker_connector(self) -> PsycopgConnector:
+        """A `PsycopgConnector` on the same database (cached while that stays the same)."""
+        params = self.worker_params()
+        key = repr(sorted(params.items()))
+        if self._worker is not None and self._worker[0] == key:
+            return self._worker[1]
+        conninfo = params.pop("conninfo", "")
+        worker = PsycopgConnector(
+            conninfo=conninfo,
+            kwargs=params,
+            json_dumps=self.json_dumps,
+            json_loads=self.json_loads,
+        )
+        self._worker = (key, worker)
+        return worker
+
+
+class SQLAlchemyPsycopgConnector(SQLAlchemyPsycopg2Connector):
+    """The same connector; its own engine (without `app.open(engine)`) uses psycopg 3.
+
+    Both classes borrow an engine of either dialect; they differ only in the driver of
+    the engine they create from `dsn`.
+    """
+
+    driver = "psycopg"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """SQLSTATE of a psycopg 3 (`sqlstate`) or psycopg2 (`pgcode`) error."""
+    return getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+
+
+def _translate(exc: BaseException) -> Exception:
+    """A driver error (psycopg2 or psycopg 3) as procq_sqla's exception."""
+    constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+    return translate_error(exc, sqlstate=_sqlstate(exc), constraint=constraint)
+
+
+def _set_json_loads(dbapi: Any, cursor: Any, loads: JSONLoads) -> None:
+    """Decode JSON with `loads` on this cursor only: the engine's other users keep theirs."""
+    if isinstance(dbapi, psycopg.Connection):
+        set_json_loads(loads, cursor)
+        return
+    import psycopg2.extras
+
+    psycopg2.extras.register_default_json(cursor, loads=loads)
+    psycopg2.extras.register_default_jsonb(cursor, loads=loads)
