@@ -220,11 +220,17 @@ class App:
 
         connector = self.async_connector(opening=True, what="run the worker")
         opened_here = not self._open_async
+        # a sync connector (SQLAlchemy's) also serves defer() from inside the tasks
+        opened_sync = self._sync_io is not None and not self._open
         if opened_here:
             await self._do_open_async(None)
+        if opened_sync:
+            await asyncio.to_thread(self.open)
         try:
             await Worker(self, connector, **options).run()
         finally:
+            if opened_sync:
+                await asyncio.to_thread(self.close)
             if opened_here:
                 await self.close_async()
 

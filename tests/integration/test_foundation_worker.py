@@ -231,3 +231,27 @@ def test_run_worker_from_sync_code_drains(sync_app: App, db_url: str, db: Any) -
     worker_app.run_worker(wait=False, install_signal_handlers=False)
 
     assert status_of(db, job_id)["status"] == "succeeded"
+
+
+def test_tasks_can_defer_from_inside_the_worker_of_a_sqlalchemy_app(db_url: str, db: Any) -> None:
+    from procq_sqla import SQLAlchemyPsycopg2Connector
+    from procq_sqla.database import sqlalchemy_url
+
+    app = App(connector=SQLAlchemyPsycopg2Connector(dsn=sqlalchemy_url(db_url, "psycopg2")))
+
+    @app.task(name="child")
+    def child(n: int) -> None: ...
+
+    @app.task(name="parent")
+    def parent(n: int) -> None:
+        child.defer(n=n + 1)  # the worker opened the app's own connector for this
+
+    with app.open():
+        parent.defer(n=1)
+    app.run_worker(wait=False, install_signal_handlers=False)  # app not open here
+
+    rows = db.execute("SELECT task_name, status, args FROM procq_jobs ORDER BY id").fetchall()
+    assert [(r["task_name"], r["status"], r["args"]["n"]) for r in rows] == [
+        ("parent", "succeeded", 1),
+        ("child", "succeeded", 2),
+    ]
