@@ -20,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from . import migrations
 from .app import App
-from .connectors.psycopg import PsycopgConnector
+from .contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
 from .database import database_url as resolve_database_url
 from .database import mask_password, normalize_url, sqlalchemy_url
 from .jobs import JobContext
@@ -39,8 +39,10 @@ class Order(Base):
     total_cents: Mapped[int] = mapped_column(Integer)
 
 
-def build_app(conninfo: str) -> App:
-    app = App(connector=PsycopgConnector(conninfo=conninfo))
+def build_app() -> App:
+    # defers borrow the application's engine; the worker runs on the paired
+    # PsycopgConnector derived from that same engine: the database is configured once
+    app = App(connector=SQLAlchemyPsycopg2Connector())
 
     @app.task(name="send_confirmation", queue="emails")
     async def send_confirmation(order_id: int, customer: str) -> None:
@@ -145,27 +147,32 @@ def main(database_url: str | None = None) -> int:
     where = mask_password(url) if url else "the server named by the PG* variables"
     console.print(f"[bold]procq_sqla demo[/bold] on {where}")
 
-    engine = create_engine(sqlalchemy_url(url, "psycopg"))
+    engine = create_engine(sqlalchemy_url(url, "psycopg2"), pool_size=5)
     try:
         migrations.upgrade(engine)
         console.print(f"Schema migrated by Alembic to {migrations.head_revision()}.")
         Base.metadata.drop_all(engine)
         Base.metadata.create_all(engine)
-        app = build_app(url)
+        app = build_app()
         with engine.begin() as conn:
             conn.exec_driver_sql("TRUNCATE procq_jobs")
-        _defer_orders(app, engine, console)
-
-        console.print("Running a worker until the queues are empty:")
-        handler = _Progress(console)
-        worker_logger = logging.getLogger("procq_sqla.worker")
-        worker_logger.addHandler(handler)
-        worker_logger.setLevel(logging.INFO)
-        try:
-            app.run_worker(concurrency=4, wait=False, install_signal_handlers=False)
-        finally:
-            worker_logger.removeHandler(handler)
-        with app.open():
+        with app.open(engine):  # borrow the engine's pool; close() leaves it alone
+            console.print(
+                "App opened on the application's own SQLAlchemy engine "
+                "(SQLAlchemyPsycopg2Connector borrows its pool)."
+            )
+            _defer_orders(app, engine, console)
+            console.print("Running a worker until the queues are empty:")
+            handler = _Progress(console)
+            worker_logger = logging.getLogger("procq_sqla.worker")
+            worker_logger.addHandler(handler)
+            worker_logger.setLevel(logging.INFO)
+            worker_logger.propagate = False  # the demo shows its own progress lines
+            try:
+                app.run_worker(concurrency=4, wait=False, install_signal_handlers=False)
+            finally:
+                worker_logger.removeHandler(handler)
+                worker_logger.propagate = True
             return _print_jobs(app, console)
     finally:
         engine.dispose()
