@@ -32,6 +32,11 @@ class RetryStrategy:
         if min(self.wait, self.linear_wait, self.exponential_wait) < 0:
             raise InvalidOption("retry waits must not be negative")
 
+    def has_retries_left(self, attempts: int) -> bool:
+        """Whether a job that ran `attempts` times may run again, whatever the error
+        (the rescue of a dead worker's job asks this: it has no exception to match)."""
+        return self.max_attempts is None or attempts - 1 < self.max_attempts
+
     def retry_delay(self, attempts: int, exc: BaseException) -> float | None:
         """Seconds to wait before the next run, or None to give up.
 

@@ -26,14 +26,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .connectors.base import LockRace
 from .exceptions import (
+    AlreadyEnqueued,
     ConnectorError,
     InvalidOption,
     JobAborted,
-    ProcqError,
     SchemaMissing,
     TaskTimeout,
 )
 from .jobs import Job, JobContext
+from .periodic import PeriodicDeferrer, app_schedules
+from .rescue import rescue_stalled_jobs
 from .sql import queries
 
 if TYPE_CHECKING:
@@ -58,10 +60,6 @@ class Outcome:
     error: str | None = None
     delay: float = 0.0
     duration: float = 0.0
-
-
-class _Shutdown(BaseException):
-    """Raised into running jobs when the graceful-shutdown timeout runs out."""
 
 
 class Worker:
@@ -108,6 +106,7 @@ class Worker:
         self.stalled_worker_timeout = stalled_worker_timeout
         self.install_signal_handlers = install_signal_handlers
         self.worker_id: int | None = None
+        self._last_beat = time.monotonic()
         self._claim_query = queries[
             "claim_jobs_in_queues" if self.queues else "claim_jobs_any_queue"
         ]
@@ -117,6 +116,8 @@ class Worker:
         self._flush_wanted = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._hurry = asyncio.Event()
+        self._shutdown_cancelled: set[int] = set()
         self._executor: ThreadPoolExecutor | None = None
         self.processed = 0
 
@@ -133,6 +134,10 @@ class Worker:
         ]
         if self.listen_notify:
             side.append(asyncio.create_task(self._supervise("listener", self._listen)))
+        schedules = app_schedules(self.app)
+        if schedules:
+            deferrer = PeriodicDeferrer(self.connector, schedules)
+            side.append(asyncio.create_task(self._supervise("periodic deferrer", deferrer.run)))
         restore = self._install_signals()
         logger.info(
             "worker %s started (id %s, queues %s, concurrency %s)",
@@ -152,7 +157,7 @@ class Worker:
         """Stop claiming; running jobs finish (within shutdown_graceful_timeout)."""
         if self._stopping:
             logger.warning("second stop request: not waiting for running jobs any longer")
-            self.shutdown_graceful_timeout = 0
+            self._hurry.set()
         self._stopping = True
         self._wake.set()
 
@@ -189,6 +194,7 @@ class Worker:
                 )
                 assert row is not None
                 self.worker_id = int(row["id"])
+                self._last_beat = time.monotonic()
                 return
             except SchemaMissing:
                 raise
@@ -201,13 +207,7 @@ class Worker:
     async def _shutdown(self, side: list[asyncio.Task[Any]]) -> None:
         self._stopping = True
         if self._running:
-            logger.info("waiting for %d running job(s) to finish", len(self._running))
-            tasks = [t for t, _ in self._running.values()]
-            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_graceful_timeout)
-            for task in pending:
-                task.cancel(msg="shutdown")
-            if pending:
-                await asyncio.wait(pending)
+            await self._wait_for_running()
         for task in side:
             task.cancel()
         await asyncio.gather(*side, return_exceptions=True)
@@ -225,22 +225,55 @@ class Worker:
             extra={"worker": self.name, "event": "worker_stopped"},
         )
 
+    async def _wait_for_running(self) -> None:
+        """Let running jobs finish for shutdown_graceful_timeout (or until a second stop
+        request), then cancel the rest: they go back to 'todo' for another worker."""
+        logger.info("waiting for %d running job(s) to finish", len(self._running))
+        tasks = [t for t, _ in self._running.values()]
+        hurry = asyncio.create_task(self._hurry.wait())
+        deadline = self.shutdown_graceful_timeout
+        end = None if deadline is None else time.monotonic() + deadline
+        pending = set(tasks)
+        while pending and not self._hurry.is_set():
+            left = None if end is None else max(end - time.monotonic(), 0.0)
+            done, _ = await asyncio.wait(
+                [*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            pending -= done
+            if left == 0.0 or not done:
+                break
+        hurry.cancel()
+        for job_id, (task, context) in list(self._running.items()):
+            if task in pending:
+                logger.warning(
+                    "job %s still running at shutdown: cancelling it and putting it back",
+                    job_id,
+                    extra=self._job_extra(context.job, "job_interrupted"),
+                )
+                self._shutdown_cancelled.add(job_id)
+                context._abort.set()  # a sync task sees should_abort() turn true
+                task.cancel(msg="shutdown")
+        if pending:
+            await asyncio.wait(pending)
+
     async def _supervise(self, what: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Keep a side task alive for the whole life of the worker."""
+        """Keep a side task alive for the whole life of the worker: restart it (with
+        backoff) whether it fails or returns."""
         backoff = 0.5
         while True:
             started = time.monotonic()
             try:
                 await loop()
-                return
+                problem = "stopped"
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if time.monotonic() - started > 30:
-                    backoff = 0.5
-                logger.warning("%s failed (%s); restarting in %.1f s", what, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                problem = f"failed ({exc})"
+            if time.monotonic() - started > 30:
+                backoff = 0.5
+            logger.warning("%s %s; restarting in %.1f s", what, problem, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -248,10 +281,10 @@ class Worker:
         backoff = 0.5
         while not self._stopping:
             free = self.concurrency - len(self._running)
+            self._wake.clear()  # before sleeping: a set event would never yield (busy loop)
             if free <= 0:
                 await self._sleep(None)
                 continue
-            self._wake.clear()
             try:
                 jobs = await self._claim(free)
                 backoff = 0.5
@@ -324,7 +357,12 @@ class Worker:
         except asyncio.CancelledError as exc:
             outcome = self._cancelled_outcome(job, context, exc)
         except Exception as exc:
-            outcome = self._failure_outcome(task, job, exc)
+            if job.id not in self._shutdown_cancelled and (
+                isinstance(exc, JobAborted) or context.should_abort()
+            ):
+                outcome = Outcome(job, "aborted", f"aborted on request: {exc!r}")
+            else:
+                outcome = self._failure_outcome(task, job, exc)
         outcome.duration = time.perf_counter() - started
         self._running.pop(job.id, None)
         self._record(outcome)
@@ -355,10 +393,11 @@ class Worker:
     def _cancelled_outcome(
         self, job: Job, context: JobContext, exc: asyncio.CancelledError
     ) -> Outcome:
+        if job.id in self._shutdown_cancelled:
+            self._shutdown_cancelled.discard(job.id)
+            return Outcome(job, "todo", "the worker shut down before the job finished")
         if context.should_abort():
             return Outcome(job, "aborted", "aborted on request")
-        if self._stopping:
-            return Outcome(job, "todo", "the worker shut down before the job finished")
         return Outcome(job, "failed", f"the job was cancelled: {exc!r}")
 
     def _failure_outcome(self, task: Task[..., Any], job: Job, exc: BaseException) -> Outcome:
@@ -397,8 +436,9 @@ class Worker:
                 first_line[0],
                 extra=extra,
             )
-        else:
-            logger.error(
+        else:  # an abort was asked for: not an error
+            logger.log(
+                logging.WARNING if outcome.status == "aborted" else logging.ERROR,
                 "job %s %s %s: %s",
                 job.id,
                 job.task_name,
@@ -452,6 +492,8 @@ class Worker:
             try:
                 await self._write(batch)
                 backoff = 0.2
+                if any(o.job.lock is not None for o in batch):
+                    self._wake.set()  # a lock was released: its next job may be ours to run
             except ConnectorError as exc:
                 self._outcomes[:0] = batch
                 logger.warning(
@@ -459,6 +501,9 @@ class Worker:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except BaseException:
+                self._outcomes[:0] = batch  # cancelled or a bug: never drop an outcome
+                raise
 
     async def _write(self, batch: list[Outcome]) -> None:
         deleted = [o for o in batch if self._deletes(o)]
@@ -470,13 +515,22 @@ class Worker:
             )
         if not kept:
             return
-        try:
-            await self._finish(kept)
-        except ProcqError as exc:
-            if len(kept) == 1 or (isinstance(exc, ConnectorError) and exc.sqlstate != "23505"):
-                raise
-            for outcome in kept:  # two retries of one queueing lock in a batch: one by one
-                await self._finish_one(outcome)
+        for _ in range(3):
+            try:
+                await self._finish(kept)
+                return
+            except AlreadyEnqueued:
+                # a job with the queueing lock of a retry was deferred while we wrote:
+                # the next statement sees it and fails the retry instead
+                logger.debug("queueing-lock race while recording outcomes; writing again")
+        await self._finish([self._not_retried(o) for o in kept])
+
+    @staticmethod
+    def _not_retried(outcome: Outcome) -> Outcome:
+        if outcome.status != "todo":
+            return outcome
+        note = "\nnot retried: another job with the same queueing lock is already waiting"
+        return Outcome(outcome.job, "failed", (outcome.error or "") + note)
 
     async def _finish(self, batch: list[Outcome]) -> None:
         await self.connector.fetch_all_async(
@@ -489,15 +543,6 @@ class Worker:
                 "worker_id": self.worker_id,
             },
         )
-
-    async def _finish_one(self, outcome: Outcome) -> None:
-        try:
-            await self._finish([outcome])
-        except ProcqError as exc:
-            if outcome.status != "todo":
-                raise
-            note = f"\nnot retried: {exc}"
-            await self._finish([Outcome(outcome.job, "failed", (outcome.error or "") + note)])
 
     def _deletes(self, outcome: Outcome) -> bool:
         if self.delete_jobs == "always":
@@ -543,54 +588,32 @@ class Worker:
                 self._abort(int(row["id"]))
 
     async def _heartbeat_loop(self) -> None:
+        """Beat every heartbeat_interval, through outages too (no growing backoff: a live
+        worker must not look dead), and rescue dead workers' jobs after each beat."""
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            row = await self.connector.fetch_one_async(
-                queries["heartbeat"], {"worker_id": self.worker_id}
-            )
+            try:
+                row = await self.connector.fetch_one_async(
+                    queries["heartbeat"], {"worker_id": self.worker_id}
+                )
+            except ConnectorError as exc:
+                logger.warning("cannot send the heartbeat (%s); trying again", exc)
+                continue
+            now = time.monotonic()
+            cut_off = now - self._last_beat > self.stalled_worker_timeout
+            self._last_beat = now
             if row is None:
                 logger.warning(
                     "this worker was declared dead (no heartbeat in time); registering again"
                 )
                 await self._register()
+            if cut_off:  # back from an outage: the others deserve time to beat first
+                continue
             await self.rescue_stalled_jobs()
 
     async def rescue_stalled_jobs(self) -> int:
         """Forget dead workers and put their running jobs back (or fail them when out of
         retries). Any live worker does this; returns how many jobs were rescued."""
-        await self.connector.fetch_all_async(
-            queries["prune_stalled_workers"], {"seconds": self.stalled_worker_timeout}
+        return await rescue_stalled_jobs(
+            self.app, self.connector, self.stalled_worker_timeout, self.name
         )
-        rows = await self.connector.fetch_all_async(queries["list_orphaned_jobs"], {})
-        if not rows:
-            return 0
-        statuses = []
-        for row in rows:
-            task = self.app.tasks.get(row["task_name"])
-            strategy = task.retry_strategy if task else None
-            retry = (
-                strategy is not None
-                and strategy.retry_delay(row["attempts"], JobAborted("worker died")) is not None
-            )
-            statuses.append("todo" if retry or task is None else "failed")
-        rescued = await self.connector.fetch_all_async(
-            queries["rescue_jobs"],
-            {
-                "ids": [row["id"] for row in rows],
-                "statuses": statuses,
-                "worker_ids": [row["worker_id"] for row in rows],
-            },
-        )
-        for row in rescued:
-            logger.warning(
-                "rescued job %s of a dead worker: now %s",
-                row["id"],
-                row["status"],
-                extra={
-                    "event": "job_rescued",
-                    "job_id": row["id"],
-                    "status": row["status"],
-                    "worker": self.name,
-                },
-            )
-        return len(rescued)
