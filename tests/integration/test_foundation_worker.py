@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from procq_sqla import App, JobContext, RetryStrategy
-from procq_sqla.worker import Worker
+from procq_sqla.testing import running_worker
 
 
 def status_of(db: Any, job_id: int) -> dict[str, Any]:
@@ -20,21 +19,6 @@ def status_of(db: Any, job_id: int) -> dict[str, Any]:
 
 async def drain(app: App, **options: Any) -> None:
     await app.run_worker_async(wait=False, install_signal_handlers=False, **options)
-
-
-@asynccontextmanager
-async def running_worker(app: App, **options: Any) -> AsyncIterator[Worker]:
-    """A worker in the background of this event loop; stopped at exit."""
-    worker = Worker(app, app.async_connector(), install_signal_handlers=False, **options)
-    task = asyncio.create_task(worker.run())
-    while worker.worker_id is None:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.1)  # let the listener LISTEN
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> float:

@@ -4,12 +4,10 @@ that is not runnable (scheduled later, or in a queue nobody reads) never blocks 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -18,19 +16,8 @@ import pytest
 from procq_sqla import App
 from procq_sqla.connectors.base import LockRace
 from procq_sqla.sql import queries
+from procq_sqla.testing import running_worker
 from procq_sqla.worker import Worker
-
-
-@contextlib.asynccontextmanager
-async def running_worker(app: App, **options: Any) -> AsyncIterator[Worker]:
-    options.setdefault("fetch_job_polling_interval", 0.2)
-    worker = Worker(app, app.async_connector(), install_signal_handlers=False, **options)
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def wait_until(db: psycopg.Connection[Any], query: str, expected: Any, timeout: float = 10):

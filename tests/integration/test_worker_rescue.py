@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from procq_sqla import App
+from procq_sqla.testing import running_worker
 from procq_sqla.worker import Worker
-
-
-@contextlib.asynccontextmanager
-async def running_worker(app: App, **options: Any) -> AsyncIterator[Worker]:
-    options.setdefault("fetch_job_polling_interval", 0.2)
-    worker = Worker(app, app.async_connector(), install_signal_handlers=False, **options)
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 15)
 
 
 async def wait_until(db, query: str, expected: Any, timeout: float = 10, params=()) -> Any:
