@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +94,12 @@ def _check_text(what: str, value: object, limit: int) -> None:
         raise InvalidOption(f"{what} is {len(value)} characters long; the limit is {limit}")
     if "\x00" in value:
         raise InvalidOption(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidOption(
+            f"{what} contains a lone surrogate, which is not valid Unicode: {value!r}"
+        ) from None
 
 
 def _check_name(what: str, value: object) -> None:
@@ -134,15 +142,41 @@ def serialize_args(args: Mapping[str, Any], dumps: Any) -> str:
         text: str = dumps(dict(args))
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise JobArgumentsError(_describe_bad_argument(args, dumps, exc)) from exc
-    if "\\u0000" in text:
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise JobArgumentsError(
             "job arguments contain a NUL character (\\u0000), which PostgreSQL's jsonb cannot store"
         )
-    if len(text) > MAX_ARGS_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise JobArgumentsError(_SURROGATE_MESSAGE) from exc
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate_escape(text):
+        raise JobArgumentsError(_SURROGATE_MESSAGE)
+    if size > MAX_ARGS_BYTES:
         raise JobArgumentsError(
-            f"job arguments are {len(text)} characters of JSON; the limit is {MAX_ARGS_BYTES}"
+            f"job arguments are {size} bytes of JSON; the limit is {MAX_ARGS_BYTES}"
         )
     return text
+
+
+# A JSON \u0000 escape, not an escaped backslash followed by "u0000".
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_MESSAGE = (
+    "job arguments contain a lone surrogate (half of a UTF-16 pair, e.g. '\\ud800'), which "
+    "is not valid Unicode and cannot be stored: decode the text properly first"
+)
+
+
+def _has_lone_surrogate_escape(text: str) -> bool:
+    """For a custom `json_dumps` that escapes non-ASCII: a `\\udXXX` not in a pair."""
+    try:
+        json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except ValueError:
+        return False  # not JSON we can read back: PostgreSQL will say what is wrong
+    return False
 
 
 def _describe_bad_argument(args: Mapping[str, Any], dumps: Any, exc: BaseException) -> str:
@@ -169,17 +203,19 @@ def defer_params(task_name: str, options: JobOptions, args_json: str) -> dict[st
 def batch_defer_params(
     task_name: str, options: JobOptions, args_json: Iterable[str]
 ) -> dict[str, Any]:
-    """Parallel arrays for `batch_defer_jobs` (one statement for the whole batch)."""
+    """Parameters for `batch_defer_jobs`: the options once, the arguments as one JSON array
+    (one text value: no per-element array quoting on either side). `queueing_locks` is
+    for matching the returned ids back onto the input."""
     args_list = list(args_json)
-    n = len(args_list)
     return {
-        "queues": [options.queue] * n,
-        "task_names": [task_name] * n,
-        "args": args_list,
-        "priorities": [options.priority] * n,
-        "locks": [options.lock] * n,
-        "queueing_locks": [options.queueing_lock] * n,
-        "scheduled_ats": [options.scheduled_at] * n,
+        "queue": options.queue,
+        "task_name": task_name,
+        "args": "[" + ",".join(args_list) + "]",
+        "priority": options.priority,
+        "lock": options.lock,
+        "queueing_lock": options.queueing_lock,
+        "scheduled_at": options.scheduled_at,
+        "queueing_locks": [options.queueing_lock] * len(args_list),
     }
 
 

@@ -23,10 +23,26 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
+def expand_claim_queries(queries: dict[str, str]) -> dict[str, str]:
+    """The three claim queries from the one `claim_jobs` template and its fragments."""
+    template = queries["claim_jobs"]
+    lock = queries["claim_filter_lock_queues"]
+    variants = {
+        "claim_jobs_any_queue": ("", ""),
+        "claim_jobs_in_queue": (queries["claim_filter_one_queue"], lock),
+        "claim_jobs_in_queues": (queries["claim_filter_queues"], lock),
+    }
+    for name, (queue_filter, lock_filter) in variants.items():
+        queries[name] = template.replace("/*queue_filter*/", queue_filter).replace(
+            "/*lock_queue_filter*/", lock_filter
+        )
+    return queries
+
+
 @cache
 def load_queries() -> dict[str, str]:
     text = resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
-    return parse_queries(text)
+    return expand_claim_queries(parse_queries(text))
 
 
 class _Queries:

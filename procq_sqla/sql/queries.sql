@@ -10,35 +10,44 @@ VALUES (%(queue)s, %(task_name)s, %(args)s::jsonb, %(priority)s, %(lock)s,
 RETURNING id
 
 -- name: batch_defer_jobs --
--- Insert many jobs in one statement from parallel arrays; ids come back in input order.
+-- Insert many jobs of one task and options in one statement: the arguments come as one
+-- JSON array (parsed once by the server, no per-element array quoting); ids come back in
+-- input order.
 INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
-SELECT * FROM unnest(
-    %(queues)s::text[], %(task_names)s::text[], %(args)s::jsonb[], %(priorities)s::integer[],
-    %(locks)s::text[], %(queueing_locks)s::text[], %(scheduled_ats)s::timestamptz[])
+SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
+       %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
+FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
+ORDER BY a.n
 RETURNING id, queueing_lock
 
 -- name: batch_defer_jobs_skip_enqueued --
 -- The same, silently skipping jobs whose queueing lock already has a waiting job.
 INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
-SELECT * FROM unnest(
-    %(queues)s::text[], %(task_names)s::text[], %(args)s::jsonb[], %(priorities)s::integer[],
-    %(locks)s::text[], %(queueing_locks)s::text[], %(scheduled_ats)s::timestamptz[])
+SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
+       %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
+FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
+ORDER BY a.n
 ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
 RETURNING id, queueing_lock
 
--- name: claim_jobs_any_queue --
--- Claim up to %(limit)s runnable jobs of any queue, highest priority then oldest first.
--- A locked job is taken only when no job of its lock runs and it heads its lock's runnable
--- jobs; the advisory lock keeps two concurrent claims off the same lock.
+-- name: claim_jobs --
+-- Template, expanded by procq_sqla/sql into claim_jobs_any_queue, claim_jobs_in_queue and
+-- claim_jobs_in_queues (the /*markers*/ take the claim_filter_* fragments below). Claims up
+-- to %(limit)s runnable jobs, highest priority then oldest first. A locked job is taken
+-- only when no job of its lock runs and it heads its lock's runnable jobs (an earlier job
+-- in a queue no registered worker reads does not count); the advisory lock keeps two
+-- concurrent claims off the same lock. The claim commits without waiting for the WAL
+-- flush: lost in a server crash, the job is simply 'todo' again (at least once); outcomes
+-- stay durable. `= ANY(ARRAY(...))` keeps the UPDATE an index scan in a generic plan.
 WITH candidates AS (
     SELECT j.id FROM procq_jobs AS j
-    WHERE j.status = 'todo'
+    WHERE j.status = 'todo' /*queue_filter*/
       AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
       AND (j.lock IS NULL OR (
             NOT EXISTS (SELECT 1 FROM procq_jobs AS d
                         WHERE d.lock = j.lock AND d.status = 'doing')
         AND NOT EXISTS (SELECT 1 FROM procq_jobs AS e
-                        WHERE e.lock = j.lock AND e.status = 'todo'
+                        WHERE e.lock = j.lock AND e.status = 'todo' /*lock_queue_filter*/
                           AND (e.scheduled_at IS NULL OR e.scheduled_at <= now())
                           AND (e.priority > j.priority
                                OR (e.priority = j.priority AND e.id < j.id)))
@@ -46,47 +55,31 @@ WITH candidates AS (
     ORDER BY j.priority DESC, j.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), async_commit AS (
+    SELECT set_config('synchronous_commit', 'off', true)
 )
 UPDATE procq_jobs AS j
 SET status = 'doing', started_at = now(), attempts = j.attempts + 1,
     worker_id = %(worker_id)s
-FROM candidates
-WHERE j.id = candidates.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
+  AND EXISTS (SELECT FROM async_commit)
 RETURNING j.id, j.queue, j.task_name, j.args, j.priority, j.lock, j.queueing_lock,
           j.scheduled_at, j.attempts, j.created_at
 
--- name: claim_jobs_in_queues --
--- The same claim restricted to the worker's queues (%(queues)s, a text array). An earlier
--- job of the same lock in another queue blocks only while some registered worker reads
--- that queue: a job in a queue nobody reads never blocks its lock.
-WITH candidates AS (
-    SELECT j.id FROM procq_jobs AS j
-    WHERE j.status = 'todo'
-      AND j.queue = ANY(%(queues)s::text[])
-      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-      AND (j.lock IS NULL OR (
-            NOT EXISTS (SELECT 1 FROM procq_jobs AS d
-                        WHERE d.lock = j.lock AND d.status = 'doing')
-        AND NOT EXISTS (SELECT 1 FROM procq_jobs AS e
-                        WHERE e.lock = j.lock AND e.status = 'todo'
-                          AND (e.queue = ANY(%(queues)s::text[])
-                               OR EXISTS (SELECT 1 FROM procq_workers AS w
-                                          WHERE w.queues IS NULL OR e.queue = ANY(w.queues)))
-                          AND (e.scheduled_at IS NULL OR e.scheduled_at <= now())
-                          AND (e.priority > j.priority
-                               OR (e.priority = j.priority AND e.id < j.id)))
-        AND pg_try_advisory_xact_lock(hashtextextended('procq:' || j.lock, 0))))
-    ORDER BY j.priority DESC, j.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE procq_jobs AS j
-SET status = 'doing', started_at = now(), attempts = j.attempts + 1,
-    worker_id = %(worker_id)s
-FROM candidates
-WHERE j.id = candidates.id
-RETURNING j.id, j.queue, j.task_name, j.args, j.priority, j.lock, j.queueing_lock,
-          j.scheduled_at, j.attempts, j.created_at
+-- name: claim_filter_one_queue --
+-- A worker of exactly one queue: an equality lets the planner walk
+-- procq_jobs_fetch_queue_idx in claim order and stop after %(limit)s rows.
+AND j.queue = %(queue)s
+
+-- name: claim_filter_queues --
+-- A worker of several queues (%(queues)s, a text array).
+AND j.queue = ANY(%(queues)s::text[])
+
+-- name: claim_filter_lock_queues --
+-- Which earlier jobs of a lock count for a worker of some queues only.
+AND (e.queue = ANY(%(queues)s::text[])
+     OR EXISTS (SELECT 1 FROM procq_workers AS w
+                WHERE w.queues IS NULL OR e.queue = ANY(w.queues)))
 
 -- name: finish_jobs --
 -- Record many outcomes in one statement. Status 'todo' means retry after delay s; a retry
@@ -360,3 +353,7 @@ SELECT count(*) AS total,
        count(*) FILTER (WHERE last_heartbeat >= now() - make_interval(secs => %(seconds)s))
            AS alive
 FROM procq_workers
+
+-- name: demo_reset_jobs --
+-- `procq demo` starts from an empty jobs table (never used outside the demo).
+TRUNCATE procq_jobs

@@ -62,11 +62,11 @@ def test_schedule_in_and_at_are_exclusive_and_at_must_be_aware() -> None:
     assert 29 < (soon - dt.datetime.now(dt.UTC)).total_seconds() <= 30
 
 
-def test_batch_params_are_parallel_arrays() -> None:
+def test_batch_params_send_options_once_and_args_as_one_json_array() -> None:
     params = batch_defer_params("t", JobOptions(queue="q", priority=2), ['{"a":1}', '{"a":2}'])
-    assert params["args"] == ['{"a":1}', '{"a":2}']
-    assert params["queues"] == ["q", "q"]
-    assert params["priorities"] == [2, 2]
+    assert json.loads(params["args"]) == [{"a": 1}, {"a": 2}]
+    assert (params["queue"], params["priority"], params["task_name"]) == ("q", 2, "t")
+    assert params["queueing_locks"] == [None, None]
 
 
 def test_match_batch_ids_marks_skipped_queueing_locks() -> None:
