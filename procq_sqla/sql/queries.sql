@@ -86,7 +86,7 @@ AND (e.queue = ANY(%(queues)s::text[])
 -- whose queueing lock already has a waiting job (or an earlier retry of this batch) fails
 -- instead of colliding with it. Only jobs still held by the given worker are touched (a
 -- rescued job is not overwritten).
-WITH outcome AS (
+WITH outcome AS MATERIALIZED (  -- computed once, whatever join the planner picks
     SELECT o.id, o.status, o.error, o.delay,
            (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND (
                 EXISTS (SELECT 1 FROM procq_jobs AS q
