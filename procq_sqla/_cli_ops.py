@@ -172,6 +172,26 @@ def print_checks(checks: list[Check], report: HealthReport | None, as_json: bool
         click.echo(f"{mark}  {check.name:<9} {mask_password(check.detail)}")
 
 
+# -- grants --------------------------------------------------------------------------------
+
+
+@click.command(epilog=EPILOG)
+@option("--role", required=True, help="The PostgreSQL role to grant the privileges to.")
+@option(
+    "--kind",
+    type=click.Choice(["worker", "web"]),
+    default="worker",
+    show_default=True,
+    help="A worker (claims, runs, rescues, periodic) or a web process (defers, manages).",
+)
+@option("--schema", default="public", show_default=True, help="The schema of procq's tables.")
+def grants(role: str, kind: str, schema: str) -> None:
+    """Print the GRANTs a least-privileged role needs on procq's tables (needs no app)."""
+    from .privileges import grant_script
+
+    click.echo(grant_script(role, kind, schema=schema), nl=False)
+
+
 # -- jobs ----------------------------------------------------------------------------------
 
 STATUS_STYLES = {

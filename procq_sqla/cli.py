@@ -35,7 +35,7 @@ from ._cli_base import (
     option,
     pass_state,
 )
-from ._cli_ops import healthchecks, jobs
+from ._cli_ops import grants, healthchecks, jobs
 from .database import mask_password
 from .exceptions import AlreadyEnqueued, InvalidOption
 from .logs import LOG_FORMATS, configure_logging
@@ -456,6 +456,7 @@ def _defer(app: App, task_name: str, kwargs: dict[str, Any], options: JobOptions
 
 cli.add_command(jobs)
 cli.add_command(healthchecks)
+cli.add_command(grants)
 
 
 def main() -> None:

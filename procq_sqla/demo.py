@@ -24,6 +24,7 @@ from .contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
 from .database import database_url as resolve_database_url
 from .database import mask_password, normalize_url, sqlalchemy_url
 from .jobs import JobContext
+from .sql import queries
 
 
 class Base(DeclarativeBase):
@@ -155,7 +156,7 @@ def main(database_url: str | None = None) -> int:
         Base.metadata.create_all(engine)
         app = build_app()
         with engine.begin() as conn:
-            conn.exec_driver_sql("TRUNCATE procq_jobs")
+            conn.exec_driver_sql(queries["demo_reset_jobs"])
         with app.open(engine):  # borrow the engine's pool; close() leaves it alone
             console.print(
                 "App opened on the application's own SQLAlchemy engine "

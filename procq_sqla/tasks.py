@@ -44,7 +44,9 @@ class Task(Generic[P, R]):
     ) -> None:
         self.func = func
         self.app = app
-        self.name = check_task_name(name or f"{func.__module__}.{func.__qualname__}")
+        self.name = check_task_name(
+            f"{func.__module__}.{func.__qualname__}" if name is None else name
+        )
         self.options = JobOptions(
             queue=queue, priority=priority, lock=lock, queueing_lock=queueing_lock
         ).validated()

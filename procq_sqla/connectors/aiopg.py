@@ -129,13 +129,29 @@ class AiopgConnector:
 
     async def _run(self, query: str, params: Params, fetch: str) -> Any:
         pool = self.pool
+        # aiopg's `timeout` bounds every operation, but not the wait for a pooled
+        # connection (that waits forever): bound it here with the same value
+        timeout = float(getattr(pool, "timeout", 60.0))
         with wrap_exceptions(self._secrets):
             for _ in range(MAX_DISCARDS):
-                async with pool.acquire() as conn:
+                try:
+                    conn = await asyncio.wait_for(pool.acquire(), timeout)
+                except TimeoutError as exc:
+                    raise ConnectorError(
+                        f"no database connection became available in {timeout:g} s: "
+                        "raise AiopgConnector's maxsize or timeout"
+                    ) from exc
+                try:
                     if is_dead(conn.raw):
                         await conn.close()  # the pool forgets closed connections
                         continue
                     return await self._statement(conn, query, params, fetch)
+                except TimeoutError as exc:
+                    raise ConnectorError(
+                        f"the statement took longer than AiopgConnector's timeout ({timeout:g} s)"
+                    ) from exc
+                finally:
+                    await pool.release(conn)
         raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     async def _statement(self, conn: Any, query: str, params: Params, fetch: str) -> Any:

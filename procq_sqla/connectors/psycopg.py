@@ -54,14 +54,14 @@ def wrap_exceptions(secrets: Iterable[str] = ()) -> Iterator[None]:
     """The one place psycopg's and psycopg_pool's errors become procq_sqla's."""
     try:
         yield
-    except psycopg.Error as exc:
-        raise translate_error(
-            exc, sqlstate=exc.sqlstate, constraint=exc.diag.constraint_name, secrets=secrets
-        ) from exc
-    except psycopg_pool.PoolTimeout as exc:
+    except psycopg_pool.PoolTimeout as exc:  # before psycopg.Error: it is a subclass
         raise ConnectorError(
             f"no database connection became available in time ({mask_password(str(exc))}): "
             "raise the pool's max_size or timeout"
+        ) from exc
+    except psycopg.Error as exc:
+        raise translate_error(
+            exc, sqlstate=exc.sqlstate, constraint=exc.diag.constraint_name, secrets=secrets
         ) from exc
     except psycopg_pool.PoolClosed as exc:
         raise AppNotOpen() from exc
