@@ -164,7 +164,7 @@ def test_connection_killed_by_the_server_is_replaced(engine: Engine, db: Any) ->
 
     t.defer()
     db.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "  # wait until gone
         "WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
     job_id = t.defer()
