@@ -82,7 +82,7 @@ def translate_error(
 
     `secrets` are passwords the connector knows: they are scrubbed from the message even
     where `mask_password` cannot recognise them (a malformed DSN echoed by libpq)."""
-    message = scrub(str(exc).strip(), secrets) or type(exc).__name__
+    message = " ".join(scrub(str(exc), secrets).split()) or type(exc).__name__  # one line
     if sqlstate == "23505" and constraint == QUEUEING_LOCK_INDEX:
         return AlreadyEnqueued(
             "a job with the same queueing lock is already waiting (AlreadyEnqueued)"
