@@ -9,9 +9,9 @@ database comes from `sqlalchemy.url`, then `PROCQ_DATABASE_URL`, then libpq vari
 
 from __future__ import annotations
 
-from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
+from alembic import context
 from procq_sqla.migrations import VERSION_TABLE, resolve_sqlalchemy_url
 
 config = context.config

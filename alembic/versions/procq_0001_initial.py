@@ -15,8 +15,9 @@ Create Date: 2026-11-23
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from alembic import op
 
 revision = "procq_0001"
 down_revision = None
@@ -33,7 +34,9 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
         sa.Column("queue", sa.Text(), nullable=False, server_default="default"),
         sa.Column("task_name", sa.Text(), nullable=False),
-        sa.Column("args", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column(
+            "args", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")
+        ),
         sa.Column("status", sa.Text(), nullable=False, server_default="todo"),
         sa.Column("priority", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("lock", sa.Text(), nullable=True),
