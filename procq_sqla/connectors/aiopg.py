@@ -23,11 +23,11 @@ import psycopg2.sql
 
 from ..exceptions import AppNotOpen, ConnectorError
 from .base import (
+    AsyncQueryMethods,
     JSONDumps,
     JSONLoads,
     NotifyCallback,
     Params,
-    Row,
     connect_error,
     default_json_dumps,
     describe_params,
@@ -51,7 +51,7 @@ POOL_OPTIONS = frozenset(
 )
 
 
-class AiopgConnector:
+class AiopgConnector(AsyncQueryMethods):
     """asyncio connector on aiopg; `dsn=`, psycopg2/libpq keywords, or libpq variables.
 
     aiopg's pool options (`minsize=`, `maxsize=`, `timeout=`, `pool_recycle=`, ...) go
@@ -164,17 +164,6 @@ class AiopgConnector:
             if fetch == "all":
                 return [dict(row) for row in await cur.fetchall()]
             return None
-
-    async def execute_async(self, query: str, params: Params) -> None:
-        await self._run(query, params, "none")
-
-    async def fetch_one_async(self, query: str, params: Params) -> Row | None:
-        row: Row | None = await self._run(query, params, "one")
-        return row
-
-    async def fetch_all_async(self, query: str, params: Params) -> list[Row]:
-        rows: list[Row] = await self._run(query, params, "all")
-        return rows
 
     @asynccontextmanager
     async def _dedicated_connection(self) -> AsyncIterator[Any]:

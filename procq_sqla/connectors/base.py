@@ -67,6 +67,41 @@ class AsyncConnector(Protocol):
     def get_sync_connector(self) -> SyncConnector: ...
 
 
+class SyncQueryMethods:
+    """The three query methods of a sync connector, from its one `_run(query, params,
+    fetch)` where fetch is "none", "one" or "all"."""
+
+    _run: Callable[[str, Params, str], Any]
+
+    def execute(self, query: str, params: Params) -> None:
+        self._run(query, params, "none")
+
+    def fetch_one(self, query: str, params: Params) -> Row | None:
+        row: Row | None = self._run(query, params, "one")
+        return row
+
+    def fetch_all(self, query: str, params: Params) -> list[Row]:
+        rows: list[Row] = self._run(query, params, "all")
+        return rows
+
+
+class AsyncQueryMethods:
+    """The same for an async connector, from its one `async _run(query, params, fetch)`."""
+
+    _run: Callable[[str, Params, str], Awaitable[Any]]
+
+    async def execute_async(self, query: str, params: Params) -> None:
+        await self._run(query, params, "none")
+
+    async def fetch_one_async(self, query: str, params: Params) -> Row | None:
+        row: Row | None = await self._run(query, params, "one")
+        return row
+
+    async def fetch_all_async(self, query: str, params: Params) -> list[Row]:
+        rows: list[Row] = await self._run(query, params, "all")
+        return rows
+
+
 class LockRace(ConnectorError):
     """Another worker claimed a job of the same lock at the same instant; claim again."""
 

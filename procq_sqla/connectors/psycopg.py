@@ -28,11 +28,11 @@ from ..database import mask_password
 from ..exceptions import AppNotOpen, ConnectorError
 from .base import (
     RETRYABLE_SQLSTATES,
+    AsyncQueryMethods,
     JSONDumps,
     JSONLoads,
     NotifyCallback,
     Params,
-    Row,
     connect_error,
     default_json_dumps,
     dsn_secrets,
@@ -127,7 +127,7 @@ def describe(name: str, conninfo: str, kwargs: dict[str, Any]) -> str:
     return f"{name}(conninfo={mask_password(conninfo)!r}{extra})"
 
 
-class PsycopgConnector:
+class PsycopgConnector(AsyncQueryMethods):
     """asyncio connector on psycopg 3; `conninfo=`, `kwargs=`, or libpq variables.
 
     Every other keyword goes to the pool (`min_size=`, `max_size=`, `timeout=`, ...);
@@ -228,17 +228,6 @@ class PsycopgConnector:
                         continue
                     raise
         raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
-
-    async def execute_async(self, query: str, params: Params) -> None:
-        await self._run(query, params, "none")
-
-    async def fetch_one_async(self, query: str, params: Params) -> Row | None:
-        row: Row | None = await self._run(query, params, "one")
-        return row
-
-    async def fetch_all_async(self, query: str, params: Params) -> list[Row]:
-        rows: list[Row] = await self._run(query, params, "all")
-        return rows
 
     async def listen(
         self,

@@ -25,7 +25,7 @@ from .base import (
     JSONDumps,
     JSONLoads,
     Params,
-    Row,
+    SyncQueryMethods,
     connect_error,
     default_json_dumps,
     describe_params,
@@ -94,7 +94,7 @@ def run_statement(
         raise
 
 
-class Psycopg2Connector:
+class Psycopg2Connector(SyncQueryMethods):
     """Blocking connector on psycopg2; defers and reads jobs, cannot run the worker.
 
     Connection parameters: `dsn=`, psycopg2/libpq keywords (`host=`, `dbname=`, ...), or
@@ -201,17 +201,6 @@ class Psycopg2Connector:
                 finally:
                     pool.putconn(conn, close=bool(conn.closed))
         raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
-
-    def execute(self, query: str, params: Params) -> None:
-        self._run(query, params, "none")
-
-    def fetch_one(self, query: str, params: Params) -> Row | None:
-        row: Row | None = self._run(query, params, "one")
-        return row
-
-    def fetch_all(self, query: str, params: Params) -> list[Row]:
-        rows: list[Row] = self._run(query, params, "all")
-        return rows
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="Psycopg2Connector"))

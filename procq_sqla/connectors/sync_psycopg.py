@@ -17,7 +17,15 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
-from .base import JSONDumps, JSONLoads, Params, Row, connect_error, default_json_dumps, dsn_secrets
+from .base import (
+    JSONDumps,
+    JSONLoads,
+    Params,
+    SyncQueryMethods,
+    connect_error,
+    default_json_dumps,
+    dsn_secrets,
+)
 from .psycopg import (
     MAX_DISCARDS,
     StaleConnection,
@@ -39,7 +47,7 @@ WRONG_WORKER = (
 )
 
 
-class SyncPsycopgConnector:
+class SyncPsycopgConnector(SyncQueryMethods):
     """Blocking connector on psycopg 3; defers only (the worker needs PsycopgConnector).
 
     Parameters as for `PsycopgConnector`: `conninfo=`, `kwargs=` or libpq variables;
@@ -143,17 +151,6 @@ class SyncPsycopgConnector:
                         continue
                     raise
         raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
-
-    def execute(self, query: str, params: Params) -> None:
-        self._run(query, params, "none")
-
-    def fetch_one(self, query: str, params: Params) -> Row | None:
-        row: Row | None = self._run(query, params, "one")
-        return row
-
-    def fetch_all(self, query: str, params: Params) -> list[Row]:
-        rows: list[Row] = self._run(query, params, "all")
-        return rows
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="SyncPsycopgConnector"))
