@@ -56,6 +56,8 @@ class Task(Generic[P, R]):
             raise InvalidOption(f"timeout must be positive, not {timeout}")
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(func)
+        # the task's own options need no configure() per call: defer() is a hot path
+        self._plain = Deferrer(self, self.options)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options.queue!r}>"
@@ -90,22 +92,22 @@ class Task(Generic[P, R]):
         return Deferrer(self, self.options.replace(**changes).validated(), session)
 
     def defer(self, **kwargs: Any) -> int:
-        return self.configure().defer(**kwargs)
+        return self._plain.defer(**kwargs)
 
     async def defer_async(self, **kwargs: Any) -> int:
-        return await self.configure().defer_async(**kwargs)
+        return await self._plain.defer_async(**kwargs)
 
     def batch_defer(
         self, *kwargs_list: Mapping[str, Any], ignore_already_enqueued: bool = False
     ) -> list[int]:
-        return self.configure().batch_defer(
+        return self._plain.batch_defer(
             *kwargs_list, ignore_already_enqueued=ignore_already_enqueued
         )
 
     async def batch_defer_async(
         self, *kwargs_list: Mapping[str, Any], ignore_already_enqueued: bool = False
     ) -> list[int]:
-        return await self.configure().batch_defer_async(
+        return await self._plain.batch_defer_async(
             *kwargs_list, ignore_already_enqueued=ignore_already_enqueued
         )
 
