@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import json
 import re
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -245,8 +244,14 @@ class JobContext:
     worker_name: str | None = None
     worker_id: int | None = None
     additional_context: dict[str, Any] = field(default_factory=dict)
-    _abort: threading.Event = field(default_factory=threading.Event, repr=False)
+    # a plain flag (set by the worker's loop, read by the task's thread): an Event per job
+    # would cost a lock and a condition for every job run
+    _abort_requested: bool = field(default=False, repr=False)
 
     def should_abort(self) -> bool:
         """True once someone asked to abort this job (`job_manager.abort(id)`)."""
-        return self._abort.is_set()
+        return self._abort_requested
+
+    def request_abort(self) -> None:
+        """Called by the worker when an abort of this job was asked for."""
+        self._abort_requested = True

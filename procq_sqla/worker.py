@@ -253,7 +253,7 @@ class Worker:
                     extra=self._job_extra(context.job, "job_interrupted"),
                 )
                 self._shutdown_cancelled.add(job_id)
-                context._abort.set()  # a sync task sees should_abort() turn true
+                context.request_abort()  # a sync task sees should_abort() turn true
                 task.cancel(msg="shutdown")
         if pending:
             await asyncio.wait(pending)
@@ -579,7 +579,7 @@ class Worker:
         task, context = running
         if context.should_abort():
             return
-        context._abort.set()
+        context.request_abort()
         logger.warning(
             "aborting job %s on request", job_id, extra=self._job_extra(context.job, "job_aborting")
         )
