@@ -9,12 +9,19 @@ SQLAlchemy connector) runs its worker on that pair, so the database is configure
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
-from .connectors.base import AsyncConnector, JSONDumps, SyncConnector
-from .exceptions import AppNotOpen, UnknownTask, WrongConnector
+from .connectors.base import (
+    AsyncConnector,
+    JSONDumps,
+    SyncConnector,
+    is_transient_connect_error,
+)
+from .exceptions import AppNotOpen, ConnectorError, UnknownTask, WrongConnector
 from .manager import JobManager
 from .retry import RetryStrategy
 from .tasks import Task
@@ -22,6 +29,9 @@ from .tasks import Task
 P = ParamSpec("P")
 R = TypeVar("R")
 TaskT = TypeVar("TaskT", bound=Task[..., Any])
+
+WORKER_CONNECT_PATIENCE = 30.0
+logger = logging.getLogger("procq_sqla.worker")
 
 WRONG_ASYNC = (
     "{name} is a synchronous connector and cannot {what}: use PsycopgConnector (or "
@@ -223,7 +233,7 @@ class App:
         # a sync connector (SQLAlchemy's) also serves defer() from inside the tasks
         opened_sync = self._sync_io is not None and not self._open
         if opened_here:
-            await self._do_open_async(None)
+            await self._open_for_worker()
         if opened_sync:
             await asyncio.to_thread(self.open)
         try:
@@ -233,6 +243,22 @@ class App:
                 await asyncio.to_thread(self.close)
             if opened_here:
                 await self.close_async()
+
+    async def _open_for_worker(self, patience: float = WORKER_CONNECT_PATIENCE) -> None:
+        """Open for the worker, waiting out a database that is restarting or full for up
+        to `patience` seconds (a misconfiguration still fails at once)."""
+        deadline = time.monotonic() + patience
+        delay = 0.2
+        while True:
+            try:
+                await self._do_open_async(None)
+                return
+            except ConnectorError as exc:
+                if not is_transient_connect_error(exc) or time.monotonic() > deadline:
+                    raise
+                logger.warning("database not reachable yet (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def run_worker(self, **options: Any) -> None:
         """Run a worker until stopped (or, with wait=False, until the queues are empty)."""

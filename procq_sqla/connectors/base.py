@@ -179,6 +179,28 @@ def connect_error(exc: BaseException, connector: str, secrets: Iterable[str]) ->
     )
 
 
+TRANSIENT_CONNECT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+TRANSIENT_CONNECT_MESSAGES = (
+    "connection refused",
+    "no such file or directory",  # a unix socket while the server restarts
+    "starting up",
+    "shutting down",
+    "too many connections",
+    "terminating connection",
+)
+
+
+def is_transient_connect_error(exc: BaseException) -> bool:
+    """True when a failed connection may well succeed in a moment: the server is
+    restarting, shutting a backend down, or out of connection slots (not: a wrong
+    password, an unknown host or a bad DSN, which fail at once)."""
+    cause = exc.__cause__ or exc
+    if getattr(cause, "sqlstate", None) in TRANSIENT_CONNECT_SQLSTATES:
+        return True
+    text = str(cause).lower()
+    return any(marker in text for marker in TRANSIENT_CONNECT_MESSAGES)
+
+
 def has_unread_input(fd: int) -> bool:
     """True when an idle pooled connection's socket holds data nobody asked for.
 

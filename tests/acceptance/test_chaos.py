@@ -273,6 +273,7 @@ def test_chaos_loses_no_job_and_reruns_only_cut_short_runs(
             if worker.proc.poll() is None:
                 worker.kill()
     outputs = [w.output for w in chaos.live + chaos.killed]
+    failed_logs = {w.proc.pid: w.output[-3000:] for w in chaos.live if exits.get(w.proc.pid)}
     for worker in chaos.live + chaos.killed:
         worker.log.unlink(missing_ok=True)
 
@@ -304,5 +305,5 @@ def test_chaos_loses_no_job_and_reruns_only_cut_short_runs(
     assert chaos.restarts == 1
     assert chaos.killed, "the harness killed no worker"
     assert chaos.terminated > 0
-    assert set(exits.values()) == {0}, exits
+    assert set(exits.values()) == {0}, (exits, failed_logs)
     assert not [o for o in outputs if "Traceback" in o], "a worker printed a traceback"

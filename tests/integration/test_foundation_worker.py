@@ -239,3 +239,36 @@ def test_tasks_can_defer_from_inside_the_worker_of_a_sqlalchemy_app(db_url: str,
         ("parent", "succeeded", 1),
         ("child", "succeeded", 2),
     ]
+
+
+async def test_worker_waits_for_a_database_refusing_connections_at_start(
+    db_url: str, db: Any, caplog: Any
+) -> None:
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    from psycopg import sql
+
+    from procq_sqla import PsycopgConnector
+    from procq_sqla.privileges import grant_statements
+
+    role = f"procq_full_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 0").format(sql.Identifier(role)))
+    for statement in grant_statements(role, "worker"):
+        db.execute(statement)
+    parts = urlsplit(db_url)
+    role_url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname or ''}"))
+    app = App(connector=PsycopgConnector(conninfo=role_url))
+
+    @app.task(name="hello")
+    async def hello() -> None: ...
+
+    db.execute("INSERT INTO procq_jobs (task_name) VALUES ('hello')")
+    worker = asyncio.create_task(app.run_worker_async(wait=False, install_signal_handlers=False))
+    await asyncio.sleep(1.0)  # the role may not connect yet: the worker must wait, not exit
+    assert not worker.done()
+    db.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT -1").format(sql.Identifier(role)))
+    await asyncio.wait_for(worker, 30)
+
+    assert db.execute("SELECT status FROM procq_jobs").fetchone()["status"] == "succeeded"
+    assert "database not reachable yet" in caplog.text
