@@ -227,10 +227,6 @@ class JobManager:
         return Plan(queries[name], {"id": job_id}, _found)
 
     @staticmethod
-    def plan_counts() -> Plan[list[Row]]:
-        return Plan(queries["count_jobs"], {}, _rows)
-
-    @staticmethod
     def plan_queue_stats() -> Plan[list[QueueStats]]:
         return Plan(queries["queue_stats"], {}, _queue_stats)
 
@@ -311,9 +307,6 @@ class JobManager:
     def retry(self, job_id: int) -> bool:
         return self._run(self.plan_simple("retry_job", job_id))
 
-    def count_jobs(self) -> list[Row]:
-        return self._run(self.plan_counts())
-
     def queue_stats(self) -> list[QueueStats]:
         """Per queue: counts by status and the oldest runnable job's age (seconds)."""
         return self._run(self.plan_queue_stats())
@@ -379,9 +372,6 @@ class JobManager:
 
     async def retry_async(self, job_id: int) -> bool:
         return await self._run_async(self.plan_simple("retry_job", job_id))
-
-    async def count_jobs_async(self) -> list[Row]:
-        return await self._run_async(self.plan_counts())
 
     async def queue_stats_async(self) -> list[QueueStats]:
         return await self._run_async(self.plan_queue_stats())

@@ -240,11 +240,6 @@ WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s
 
--- name: count_jobs --
--- Job counts per queue and status.
-SELECT queue, status, count(*) AS count FROM procq_jobs GROUP BY queue, status
-ORDER BY queue, status
-
 -- name: cancel_job --
 -- Cancel a waiting job; nothing happens to a job that already started.
 UPDATE procq_jobs SET status = 'cancelled', finished_at = now()
@@ -290,11 +285,6 @@ WHERE status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())
 -- name: schema_present --
 -- Whether the jobs table exists (the schema has been migrated).
 SELECT to_regclass('procq_jobs') IS NOT NULL AS present
-
--- name: count_live_workers --
--- Workers whose heartbeat is recent.
-SELECT count(*) AS count FROM procq_workers
-WHERE last_heartbeat >= now() - make_interval(secs => %(seconds)s)
 
 -- name: prune_jobs --
 -- Delete up to %(limit)s jobs in the finished statuses %(statuses)s that finished more than
