@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Generator, Mapping
+from functools import cached_property
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -144,8 +145,9 @@ class App:
     def json_dumps(self) -> JSONDumps:
         return self.connector.json_dumps
 
-    @property
+    @cached_property
     def job_manager(self) -> JobManager:
+        """Reads and writes jobs; one per app, since every defer() goes through it."""
         return JobManager(self)
 
     # -- opening -------------------------------------------------------------------------
