@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,6 +26,7 @@ from . import __version__
 from ._cli_base import (
     EPILOG,
     AlreadyEnqueuedFailure,
+    F,
     Failure,
     State,
     UsageFailure,
@@ -116,6 +118,19 @@ def _worker_defaults() -> dict[str, Any]:
 _WD = _worker_defaults()
 
 
+def _interval(flag: str, help: str) -> Callable[[F], F]:
+    """A worker option in seconds (> 0), defaulting to the Worker's own default."""
+    key = flag.lstrip("-").replace("-", "_")
+    return option(
+        flag,
+        type=click.FloatRange(min=0, min_open=True),
+        default=_WD[key],
+        show_default=True,
+        metavar="SECONDS",
+        help=help,
+    )
+
+
 @cli.command(epilog=EPILOG)
 @option(
     "-q",
@@ -143,22 +158,8 @@ _WD = _worker_defaults()
     show_default=True,
     help="Wake up on PostgreSQL NOTIFY when jobs are deferred (else only poll).",
 )
-@option(
-    "--fetch-job-polling-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_WD["fetch_job_polling_interval"],
-    show_default=True,
-    metavar="SECONDS",
-    help="How often to look for jobs when no NOTIFY arrives.",
-)
-@option(
-    "--abort-job-polling-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_WD["abort_job_polling_interval"],
-    show_default=True,
-    metavar="SECONDS",
-    help="How often to look for abort requests of running jobs.",
-)
+@_interval("--fetch-job-polling-interval", "How often to look for jobs when no NOTIFY arrives.")
+@_interval("--abort-job-polling-interval", "How often to look for abort requests of running jobs.")
 @option(
     "--shutdown-graceful-timeout",
     type=click.FloatRange(min=0),
@@ -176,21 +177,9 @@ _WD = _worker_defaults()
 @option(
     "-n", "--name", default=None, help="Worker name in logs and procq_workers (default: host:pid)."
 )
-@option(
-    "--heartbeat-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_WD["heartbeat_interval"],
-    show_default=True,
-    metavar="SECONDS",
-    help="How often the worker records that it is alive.",
-)
-@option(
-    "--stalled-worker-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=_WD["stalled_worker_timeout"],
-    show_default=True,
-    metavar="SECONDS",
-    help="A worker silent this long is dead: its running jobs are rescued.",
+@_interval("--heartbeat-interval", "How often the worker records that it is alive.")
+@_interval(
+    "--stalled-worker-timeout", "A worker silent this long is dead: its running jobs are rescued."
 )
 @pass_state
 def worker(state: State, /, queues: str | None, **options: Any) -> None:
