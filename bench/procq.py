@@ -49,22 +49,12 @@ def make_app(connector: Any) -> App:
 # -- defer, one per call, through each connector ----------------------------------------
 
 
-@contextmanager
-def _sync_psycopg(url: str) -> Iterator[App]:
-    app = make_app(SyncPsycopgConnector(conninfo=url)).open()
-    try:
-        yield app
-    finally:
-        app.close()
+def _sync_psycopg(url: str) -> App:
+    return make_app(SyncPsycopgConnector(conninfo=url)).open()  # App closes at `with` exit
 
 
-@contextmanager
-def _psycopg_twin(url: str) -> Iterator[App]:
-    app = make_app(PsycopgConnector(conninfo=url)).open()
-    try:
-        yield app
-    finally:
-        app.close()
+def _psycopg_twin(url: str) -> App:
+    return make_app(PsycopgConnector(conninfo=url)).open()
 
 
 @contextmanager
@@ -82,15 +72,10 @@ def _sqlalchemy_psycopg2(url: str) -> Iterator[App]:
         engine.dispose()
 
 
-@contextmanager
-def _psycopg2(url: str) -> Iterator[App]:
+def _psycopg2(url: str) -> App:
     from procq_sqla.connectors.psycopg2 import Psycopg2Connector
 
-    app = make_app(Psycopg2Connector(dsn=url)).open()
-    try:
-        yield app
-    finally:
-        app.close()
+    return make_app(Psycopg2Connector(dsn=url)).open()
 
 
 SYNC_CONNECTORS: dict[str, tuple[str, Callable[[str], Any]]] = {
