@@ -247,6 +247,8 @@ class JobContext:
     # a plain flag (set by the worker's loop, read by the task's thread): an Event per job
     # would cost a lock and a condition for every job run
     _abort_requested: bool = field(default=False, repr=False)
+    # when this run began, on the worker's time.perf_counter() clock
+    run_started: float = field(default=0.0, repr=False)
 
     def should_abort(self) -> bool:
         """True once someone asked to abort this job (`job_manager.abort(id)`)."""

@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,15 @@ DeleteJobs = Literal["never", "successful", "always"]
 JOBS_CHANNEL = "procq_jobs"
 ABORT_CHANNEL = "procq_abort"
 MAX_ERROR_LENGTH = 20_000
+# Claiming ahead: while jobs are short, a worker claims more than its free slots, enough
+# for about CLAIM_AHEAD_HORIZON seconds of work (at most MAX_CLAIM_AHEAD jobs), so one
+# statement feeds many jobs; a worker of long jobs claims no more than its free slots and
+# never sits on jobs another worker could start.
+CLAIM_AHEAD_HORIZON = 0.02
+MAX_CLAIM_AHEAD = 200
+# Jobs claimed ahead go back to the queue when no slot took one for this long (the jobs
+# turned out long): another worker may be idle.
+GIVE_BACK_AFTER = 0.1
 
 
 @dataclass(slots=True)
@@ -60,6 +70,10 @@ class Outcome:
     error: str | None = None
     delay: float = 0.0
     duration: float = 0.0
+
+
+def _claim_order(job: Job) -> tuple[int, int]:
+    return -job.priority, job.id
 
 
 class Worker:
@@ -113,6 +127,11 @@ class Worker:
             claim = "claim_jobs_in_queue" if len(self.queues) == 1 else "claim_jobs_in_queues"
         self._claim_query = queries[claim]
         self._running: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
+        self._ready: deque[Job] = deque()  # claimed ahead, waiting for a free slot
+        self._avg_run: float | None = None  # moving average of a job's run time, s
+        self._low_water = 0  # claim again when fewer jobs than this wait in _ready
+        self._last_take = 0.0  # time.monotonic() when a slot last took a job from _ready
+        self.give_back_after = GIVE_BACK_AFTER
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
         self._flush_wanted = asyncio.Event()
@@ -208,6 +227,7 @@ class Worker:
 
     async def _shutdown(self, side: list[asyncio.Task[Any]]) -> None:
         self._stopping = True
+        await self._release_ready()  # others may start them while we finish ours
         if self._running:
             await self._wait_for_running()
         for task in side:
@@ -282,13 +302,15 @@ class Worker:
     async def _claim_loop(self) -> None:
         backoff = 0.5
         while not self._stopping:
-            free = self.concurrency - len(self._running)
             self._wake.clear()  # before sleeping: a set event would never yield (busy loop)
-            if free <= 0:
-                await self._sleep(None)
+            want = self._claim_size()
+            if want <= 0:
+                await self._sleep(self.give_back_after if self._ready else None)
+                if self._ready and time.monotonic() - self._last_take > self.give_back_after:
+                    await self._release_ready()
                 continue
             try:
-                jobs = await self._claim(free)
+                jobs = await self._claim(want)
                 backoff = 0.5
             except SchemaMissing:
                 raise
@@ -297,13 +319,37 @@ class Worker:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            for job in jobs:
-                self._start(job)
-            if len(jobs) == free:
+            self._ready.extend(jobs)
+            self._last_take = time.monotonic()
+            self._fill_slots()
+            if len(jobs) == want:
                 continue
             if not self.wait and not jobs and await self._drained():
                 return
             await self._sleep(self.polling_interval)
+
+    def _claim_size(self) -> int:
+        """How many jobs to claim now: 0 while the free slots are covered and the jobs
+        claimed ahead are more than half of what we mean to hold."""
+        free = self.concurrency - len(self._running)
+        ahead = self._ahead()
+        self._low_water = ahead // 2
+        if len(self._ready) >= free and len(self._ready) > self._low_water:
+            return 0
+        return free + ahead - len(self._ready)
+
+    def _ahead(self) -> int:
+        """Jobs to claim beyond the free slots: about CLAIM_AHEAD_HORIZON seconds of work
+        at the pace seen so far (a job running long right now counts as the pace)."""
+        if self._avg_run is None:
+            return 0
+        pace = self._avg_run
+        if self._running:
+            now = time.perf_counter()
+            pace = max(pace, max(now - c.run_started for _, c in self._running.values()))
+        if pace <= 0:
+            return MAX_CLAIM_AHEAD
+        return min(MAX_CLAIM_AHEAD, int(self.concurrency * CLAIM_AHEAD_HORIZON / pace))
 
     async def _claim(self, limit: int) -> list[Job]:
         params = {
@@ -315,22 +361,24 @@ class Worker:
         for _ in range(10):
             try:
                 rows = await self.connector.fetch_all_async(self._claim_query, params)
-                return [Job.from_row(row) for row in rows]
+                jobs = [Job.from_row(row) for row in rows]
+                jobs.sort(key=_claim_order)  # RETURNING keeps no order
+                return jobs
             except LockRace:
                 logger.debug("lock race while claiming; claiming again")
         return []
 
     async def _drained(self) -> bool:
         """For wait=False: nothing runs, every outcome is written, and nothing is left."""
-        if self._running:
+        if self._running or self._ready:
             return False
         await self._flush_all()
         return not self._running and not await self._claim_peek()
 
     async def _claim_peek(self) -> bool:
         jobs = await self._claim(self.concurrency)
-        for job in jobs:
-            self._start(job)
+        self._ready.extend(jobs)
+        self._fill_slots()
         return bool(jobs)
 
     async def _sleep(self, timeout: float | None) -> None:
@@ -339,31 +387,94 @@ class Worker:
 
     # -- running -------------------------------------------------------------------------
 
-    def _start(self, job: Job) -> None:
-        task = self.app.tasks.get(job.task_name)
-        if task is None:
+    def _fill_slots(self) -> None:
+        """Start a slot for each claimed job that has a free slot to run in."""
+        while self._ready and len(self._running) < self.concurrency:
+            taken = self._take()
+            if taken is None:
+                return
+            job, task = taken
+            context = self._context(job, task)
+            runner = asyncio.create_task(self._slot(job, task, context))
+            self._running[job.id] = (runner, context)
+
+    async def _slot(self, job: Job, task: Task[..., Any], context: JobContext) -> None:
+        """Run a job, then the next claimed one while there is one: a slot is one asyncio
+        task for a whole run of jobs, not one task per job."""
+        runner = asyncio.current_task()
+        assert runner is not None
+        while True:
+            await self._run_job(job, task, context)
+            if runner.cancelling():
+                break  # cancelled from outside: the slot ends with its job
+            taken = self._take()
+            if taken is None:
+                break
+            job, task = taken
+            context = self._context(job, task)
+            self._running[job.id] = (runner, context)
+        self._wake.set()  # a slot is free: time to claim
+
+    def _take(self) -> tuple[Job, Task[..., Any]] | None:
+        """The next claimed job and its task; a job of an unknown task fails at once."""
+        while self._ready:
+            job = self._ready.popleft()
+            self._last_take = time.monotonic()
+            if len(self._ready) <= self._low_water:
+                self._wake.set()
+            task = self.app.tasks.get(job.task_name)
+            if task is not None:
+                return job, task
             error = (
                 f"unknown task {job.task_name!r}: no task of that name is registered on the "
                 "worker's app (check --app and the task's name)"
             )
             logger.error(error, extra=self._job_extra(job, "job_failed"))
             self._record(Outcome(job, "failed", error))
-            return
-        context = JobContext(
+        return None
+
+    def _context(self, job: Job, task: Task[..., Any]) -> JobContext:
+        return JobContext(
             job=job, app=self.app, task=task, worker_name=self.name, worker_id=self.worker_id
         )
-        runner = asyncio.create_task(self._run_job(job, task, context))
-        self._running[job.id] = (runner, context)
+
+    async def _release_ready(self) -> None:
+        """Give the jobs claimed ahead back to the queue, for any worker to start."""
+        jobs = list(self._ready)
+        self._ready.clear()
+        if not jobs:
+            return
+        try:
+            await self.connector.fetch_all_async(
+                queries["release_jobs"],
+                {"ids": [job.id for job in jobs], "worker_id": self.worker_id},
+            )
+        except ConnectorError as exc:
+            if self._stopping:
+                logger.warning(
+                    "cannot give back %d job(s) claimed ahead (%s); they will be rescued "
+                    "once this worker's heartbeat expires",
+                    len(jobs),
+                    exc,
+                )
+                return
+            self._ready.extendleft(reversed(jobs))  # still ours: run them here
+            self._last_take = time.monotonic()
+            return
+        logger.debug("gave back %d job(s) claimed ahead", len(jobs))
 
     async def _run_job(self, job: Job, task: Task[..., Any], context: JobContext) -> None:
         if logger.isEnabledFor(logging.DEBUG):  # the extra dict costs a few µs per job
             logger.debug("job %s started", job.id, extra=self._job_extra(job, "job_started"))
-        started = time.perf_counter()
+        started = context.run_started = time.perf_counter()
         try:
             await self._call(task, job, context)
             outcome = Outcome(job, "succeeded")
         except asyncio.CancelledError as exc:
             outcome = self._cancelled_outcome(job, context, exc)
+            runner = asyncio.current_task()
+            if outcome.status != "failed" and runner is not None and runner.cancelling():
+                runner.uncancel()  # our abort or shutdown cancel: meant for the job only
         except Exception as exc:
             if job.id not in self._shutdown_cancelled and (
                 isinstance(exc, JobAborted) or context.should_abort()
@@ -371,7 +482,9 @@ class Worker:
                 outcome = Outcome(job, "aborted", f"aborted on request: {exc!r}")
             else:
                 outcome = self._failure_outcome(task, job, exc)
-        outcome.duration = time.perf_counter() - started
+        outcome.duration = duration = time.perf_counter() - started
+        avg = self._avg_run
+        self._avg_run = duration if avg is None else avg + (duration - avg) * 0.2
         self._running.pop(job.id, None)
         self._record(outcome)
         self._log_outcome(outcome)
@@ -473,7 +586,6 @@ class Worker:
         self.processed += 1
         self._outcomes.append(outcome)
         self._flush_wanted.set()
-        self._wake.set()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -575,6 +687,7 @@ class Worker:
     def _abort(self, job_id: int) -> None:
         running = self._running.get(job_id)
         if running is None:
+            self._abort_ready(job_id)
             return
         task, context = running
         if context.should_abort():
@@ -585,6 +698,19 @@ class Worker:
         )
         if context.task is not None and context.task.is_async:
             task.cancel(msg="abort")
+
+    def _abort_ready(self, job_id: int) -> None:
+        """An abort of a job claimed ahead: it never starts."""
+        for job in self._ready:
+            if job.id == job_id:
+                self._ready.remove(job)
+                logger.warning(
+                    "aborting job %s on request before it started",
+                    job_id,
+                    extra=self._job_extra(job, "job_aborting"),
+                )
+                self._record(Outcome(job, "aborted", "aborted on request before it started"))
+                return
 
     async def _abort_poll_loop(self) -> None:
         while True:

@@ -131,6 +131,39 @@ SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
 DELETE FROM procq_jobs
 WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
 
+-- name: release_jobs --
+-- Give back jobs a worker claimed ahead but never started: they wait again as if never
+-- claimed (the attempt counted at claim is undone) and workers are woken. One that finds
+-- a newer job of its queueing lock waiting is cancelled instead: that job does the work.
+WITH outcome AS MATERIALIZED (
+    SELECT j.id,
+           (j.queueing_lock IS NOT NULL AND (
+                EXISTS (SELECT 1 FROM procq_jobs AS q
+                        WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
+                OR row_number() OVER (PARTITION BY j.queueing_lock ORDER BY j.id) > 1))
+           AS collides
+    FROM procq_jobs AS j
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.status = 'doing'
+      AND j.worker_id = %(worker_id)s
+), updated AS (
+    UPDATE procq_jobs AS j
+    SET status = CASE WHEN o.collides THEN 'cancelled' ELSE 'todo' END,
+        attempts = CASE WHEN o.collides THEN j.attempts ELSE j.attempts - 1 END,
+        started_at = CASE WHEN o.collides THEN j.started_at END,
+        finished_at = CASE WHEN o.collides THEN now() END,
+        last_error = CASE WHEN o.collides
+                          THEN 'not run: another job with the same queueing lock is waiting'
+                          ELSE j.last_error END,
+        worker_id = NULL
+    FROM outcome AS o
+    WHERE j.id = o.id
+    RETURNING j.id, j.queue, j.status
+), woken AS (
+    SELECT pg_notify('procq_jobs', q.queue)
+    FROM (SELECT DISTINCT queue FROM updated WHERE status = 'todo') AS q
+)
+SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
+
 -- name: register_worker --
 -- A worker announces itself; its id marks the jobs it claims.
 INSERT INTO procq_workers (name, hostname, pid, queues, concurrency)

@@ -1,0 +1,137 @@
+"""Claiming ahead: short jobs are claimed many per statement; jobs claimed ahead never
+sit in a busy worker while another could start them, and stop or abort hand them back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from procq_sqla import App, JobContext
+from procq_sqla.testing import running_worker
+
+
+async def wait_until(db: Any, query: str, expected: Any, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = next(iter(db.execute(query).fetchone().values()))
+        if got == expected or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.01)
+
+
+async def test_short_jobs_are_claimed_many_per_statement(async_app: App, db: Any) -> None:
+    @async_app.task(name="quick")
+    async def quick(i: int) -> None:
+        return None
+
+    await quick.batch_defer_async(*({"i": i} for i in range(400)))
+    async with running_worker(async_app, concurrency=2):
+        done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
+        assert await wait_until(db, done, 400) == 400
+    row = db.execute(
+        "SELECT count(DISTINCT started_at) AS claims, max(attempts) AS attempts FROM procq_jobs"
+    ).fetchone()
+    # one claim statement per 2 jobs (the free slots) would give at least 200 start times
+    assert row["claims"] < 40, row
+    assert row["attempts"] == 1
+
+
+async def test_jobs_claimed_ahead_go_back_when_a_long_job_holds_the_slot(
+    async_app: App, db: Any
+) -> None:
+    ran_by: dict[str, int | None] = {}
+
+    @async_app.task(name="quick")
+    async def quick(i: int) -> None:
+        return None
+
+    @async_app.task(name="slow", pass_context=True)
+    async def slow(context: JobContext, name: str) -> None:
+        ran_by[name] = context.worker_id
+        await asyncio.sleep(1.0)
+
+    await quick.batch_defer_async(*({"i": i} for i in range(30)))
+    await slow.batch_defer_async({"name": "s1"}, {"name": "s2"}, {"name": "s3"})
+    slow_todo = (
+        "SELECT count(*) FROM procq_jobs WHERE task_name = 'slow' AND status = 'todo' "
+        "AND attempts = 0 AND worker_id IS NULL AND started_at IS NULL"
+    )
+    async with running_worker(async_app, concurrency=1) as first:
+        # the quick jobs taught the worker to claim ahead: it took the slow ones too,
+        # then gave back the two it could not start
+        running = "SELECT count(*) FROM procq_jobs WHERE task_name = 'slow' AND status = 'doing'"
+        assert await wait_until(db, running, 1) == 1
+        assert await wait_until(db, slow_todo, 2, timeout=0.8) == 2
+        async with running_worker(async_app, concurrency=1) as second:
+            done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
+            assert await wait_until(db, done, 33) == 33
+    assert set(ran_by) == {"s1", "s2", "s3"}
+    assert {first.worker_id, second.worker_id} == set(ran_by.values())
+    attempts = db.execute("SELECT DISTINCT attempts FROM procq_jobs").fetchall()
+    assert [r["attempts"] for r in attempts] == [1]
+
+
+async def test_stopping_gives_back_jobs_claimed_ahead(async_app: App, db: Any) -> None:
+    release = asyncio.Event()
+
+    @async_app.task(name="quick")
+    async def quick(i: int) -> None:
+        return None
+
+    @async_app.task(name="hold")
+    async def hold() -> None:
+        await release.wait()
+
+    await quick.batch_defer_async(*({"i": i} for i in range(20)))
+    await hold.defer_async()
+    await quick.batch_defer_async(*({"i": i} for i in range(20, 40)))
+    async with running_worker(async_app, concurrency=1) as worker:
+        worker.give_back_after = 60.0  # only the stop may give them back
+        held = "SELECT count(*) FROM procq_jobs WHERE task_name = 'hold' AND status = 'doing'"
+        assert await wait_until(db, held, 1) == 1
+        claimed_ahead = (
+            "SELECT count(*) FROM procq_jobs WHERE task_name = 'quick' AND status = 'doing'"
+        )
+        assert await wait_until(db, claimed_ahead, 20) == 20
+        worker.stop()
+        waiting = "SELECT count(*) FROM procq_jobs WHERE status = 'todo' AND attempts = 0"
+        assert await wait_until(db, waiting, 20) == 20  # back while `hold` still runs
+        release.set()
+    rows = db.execute(
+        "SELECT status, count(*) AS n FROM procq_jobs GROUP BY status ORDER BY status"
+    ).fetchall()
+    assert {r["status"]: r["n"] for r in rows} == {"succeeded": 21, "todo": 20}
+
+
+async def test_abort_of_a_job_claimed_ahead_means_it_never_starts(
+    async_app: App, db: Any
+) -> None:
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    @async_app.task(name="quick")
+    async def quick(i: int) -> None:
+        ran.append(i)
+
+    @async_app.task(name="hold")
+    async def hold() -> None:
+        await release.wait()
+
+    await quick.batch_defer_async(*({"i": i} for i in range(20)))
+    await hold.defer_async()
+    later = await quick.batch_defer_async(*({"i": i} for i in range(20, 25)))
+    async with running_worker(async_app, concurrency=1) as worker:
+        worker.give_back_after = 60.0
+        doing = "SELECT count(*) FROM procq_jobs WHERE status = 'doing'"
+        assert await wait_until(db, doing, 6) == 6  # `hold` runs, 5 wait in the worker
+        assert await async_app.job_manager.abort_async(later[2]) is True
+        aborted = "SELECT count(*) FROM procq_jobs WHERE status = 'aborted'"
+        assert await wait_until(db, aborted, 1) == 1
+        release.set()
+        done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
+        assert await wait_until(db, done, 25) == 25
+    assert 22 not in ran
+    assert sorted(ran) == [i for i in range(25) if i != 22]
+    row = db.execute("SELECT * FROM procq_jobs WHERE id = %s", (later[2],)).fetchone()
+    assert row["last_error"] == "aborted on request before it started"
