@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -59,6 +60,9 @@ MAX_CLAIM_AHEAD = 200
 # Jobs claimed ahead go back to the queue when no slot took one for this long (the jobs
 # turned out long): another worker may be idle.
 GIVE_BACK_AFTER = 0.1
+# A slot hands its thread up to this many claimed `def` jobs at once (one hand-over and
+# one wake-up of the event loop per run of jobs, not per job).
+MAX_THREAD_RUN = 16
 
 
 @dataclass(slots=True)
@@ -70,6 +74,44 @@ class Outcome:
     error: str | None = None
     delay: float = 0.0
     duration: float = 0.0
+
+
+class _DefRun:
+    """`def` jobs handed to one pool thread, run there one after the other. The event
+    loop may stop the run between two jobs and take back the ones not started."""
+
+    __slots__ = ("jobs", "lock", "results", "started", "stopped")
+
+    def __init__(self, jobs: list[tuple[Job, Task[..., Any], JobContext]]) -> None:
+        self.jobs = jobs
+        self.results: list[tuple[BaseException | None, float]] = []  # one per job run
+        self.started = 0
+        self.stopped = False
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        """In the thread: call each job's function, noting its error and run time."""
+        for _, task, context in self.jobs:
+            with self.lock:
+                if self.stopped:
+                    return
+                self.started += 1
+            if context.should_abort():  # asked while it waited for the thread
+                self.results.append((JobAborted("aborted before it started"), 0.0))
+                continue
+            begun = context.run_started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                task.func(*((context,) if task.pass_context else ()), **context.job.args)
+            except BaseException as exc:  # even a task's sys.exit() only fails its job
+                error = exc
+            self.results.append((error, time.perf_counter() - begun))
+
+    def stop(self) -> int:
+        """Start no further job; returns how many were started."""
+        with self.lock:
+            self.stopped = True
+            return self.started
 
 
 def _claim_order(job: Job) -> tuple[int, int]:
@@ -127,6 +169,7 @@ class Worker:
             claim = "claim_jobs_in_queue" if len(self.queues) == 1 else "claim_jobs_in_queues"
         self._claim_query = queries[claim]
         self._running: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
+        self._busy = 0  # slots running (a slot's thread may hold several claimed jobs)
         self._ready: deque[Job] = deque()  # claimed ahead, waiting for a free slot
         self._avg_run: float | None = None  # moving average of a job's run time, s
         self._low_water = 0  # claim again when fewer jobs than this wait in _ready
@@ -331,7 +374,7 @@ class Worker:
     def _claim_size(self) -> int:
         """How many jobs to claim now: 0 while the free slots are covered and the jobs
         claimed ahead are more than half of what we mean to hold."""
-        free = self.concurrency - len(self._running)
+        free = self.concurrency - self._busy
         ahead = self._ahead()
         self._low_water = ahead // 2
         if len(self._ready) >= free and len(self._ready) > self._low_water:
@@ -346,7 +389,13 @@ class Worker:
         pace = self._avg_run
         if self._running:
             now = time.perf_counter()
-            pace = max(pace, max(now - c.run_started for _, c in self._running.values()))
+            pace = max(
+                pace,
+                max(
+                    (now - c.run_started for _, c in self._running.values() if c.run_started),
+                    default=0.0,
+                ),
+            )
         if pace <= 0:
             return MAX_CLAIM_AHEAD
         return min(MAX_CLAIM_AHEAD, int(self.concurrency * CLAIM_AHEAD_HORIZON / pace))
@@ -389,7 +438,7 @@ class Worker:
 
     def _fill_slots(self) -> None:
         """Start a slot for each claimed job that has a free slot to run in."""
-        while self._ready and len(self._running) < self.concurrency:
+        while self._ready and self._busy < self.concurrency:
             taken = self._take()
             if taken is None:
                 return
@@ -397,23 +446,51 @@ class Worker:
             context = self._context(job, task)
             runner = asyncio.create_task(self._slot(job, task, context))
             self._running[job.id] = (runner, context)
+            self._busy += 1
 
     async def _slot(self, job: Job, task: Task[..., Any], context: JobContext) -> None:
         """Run a job, then the next claimed one while there is one: a slot is one asyncio
         task for a whole run of jobs, not one task per job."""
         runner = asyncio.current_task()
         assert runner is not None
-        while True:
-            await self._run_job(job, task, context)
-            if runner.cancelling():
-                break  # cancelled from outside: the slot ends with its job
-            taken = self._take()
-            if taken is None:
+        try:
+            while True:
+                if task.is_async:
+                    await self._run_job(job, task, context)
+                else:
+                    await self._run_in_thread([(job, task, context), *self._take_def_run()])
+                if runner.cancelling():
+                    break  # cancelled from outside: the slot ends with its job
+                taken = self._take()
+                if taken is None:
+                    break
+                job, task = taken
+                context = self._context(job, task)
+                self._running[job.id] = (runner, context)
+        finally:
+            self._busy -= 1
+            self._wake.set()  # a slot is free: time to claim
+
+    def _take_def_run(self) -> list[tuple[Job, Task[..., Any], JobContext]]:
+        """More claimed `def` jobs for the same thread: this slot's share of the claimed
+        jobs, the ones at the head of the line only (order is kept)."""
+        share = min(MAX_THREAD_RUN - 1, len(self._ready) // self.concurrency)
+        runner = asyncio.current_task()
+        assert runner is not None
+        taken: list[tuple[Job, Task[..., Any], JobContext]] = []
+        while len(taken) < share and self._ready:
+            task = self.app.tasks.get(self._ready[0].task_name)
+            if task is None or task.is_async:
                 break
-            job, task = taken
+            job = self._ready.popleft()
             context = self._context(job, task)
             self._running[job.id] = (runner, context)
-        self._wake.set()  # a slot is free: time to claim
+            taken.append((job, task, context))
+        if taken:
+            self._last_take = time.monotonic()
+            if len(self._ready) <= self._low_water:
+                self._wake.set()
+        return taken
 
     def _take(self) -> tuple[Job, Task[..., Any]] | None:
         """The next claimed job and its task; a job of an unknown task fails at once."""
@@ -464,6 +541,7 @@ class Worker:
         logger.debug("gave back %d job(s) claimed ahead", len(jobs))
 
     async def _run_job(self, job: Job, task: Task[..., Any], context: JobContext) -> None:
+        """Run one `async def` job in the slot's own asyncio task."""
         if logger.isEnabledFor(logging.DEBUG):  # the extra dict costs a few µs per job
             logger.debug("job %s started", job.id, extra=self._job_extra(job, "job_started"))
         started = context.run_started = time.perf_counter()
@@ -476,40 +554,80 @@ class Worker:
             if outcome.status != "failed" and runner is not None and runner.cancelling():
                 runner.uncancel()  # our abort or shutdown cancel: meant for the job only
         except Exception as exc:
-            if job.id not in self._shutdown_cancelled and (
-                isinstance(exc, JobAborted) or context.should_abort()
-            ):
-                outcome = Outcome(job, "aborted", f"aborted on request: {exc!r}")
-            else:
-                outcome = self._failure_outcome(task, job, exc)
-        outcome.duration = duration = time.perf_counter() - started
-        avg = self._avg_run
-        self._avg_run = duration if avg is None else avg + (duration - avg) * 0.2
-        self._running.pop(job.id, None)
-        self._record(outcome)
-        self._log_outcome(outcome)
+            outcome = self._outcome(job, task, context, exc)
+        self._done(outcome, time.perf_counter() - started)
 
     async def _call(self, task: Task[..., Any], job: Job, context: JobContext) -> None:
-        args = (context,) if task.pass_context else ()
-        if task.is_async:
-            coro = task.func(*args, **job.args)
-            if task.timeout is None:
-                await coro
-                return
-            try:
-                async with asyncio.timeout(task.timeout):
-                    await coro
-            except TimeoutError as exc:
-                raise TaskTimeout(f"timed out after {task.timeout:g} s") from exc
+        coro = task.func(*((context,) if task.pass_context else ()), **job.args)
+        if task.timeout is None:
+            await coro
             return
+        try:
+            async with asyncio.timeout(task.timeout):
+                await coro
+        except TimeoutError as exc:
+            raise TaskTimeout(f"timed out after {task.timeout:g} s") from exc
+
+    async def _run_in_thread(self, jobs: list[tuple[Job, Task[..., Any], JobContext]]) -> None:
+        """Run `def` jobs one after the other in a thread of the pool, so the event loop
+        is never blocked; their outcomes are recorded when the run comes back."""
+        run = _DefRun(jobs)
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        await loop.run_in_executor(self._executor, lambda: task.func(*args, **job.args))
-        if task.timeout is not None and time.monotonic() - started > task.timeout:
-            raise TaskTimeout(
-                f"timed out: ran {time.monotonic() - started:.1f} s, "
-                f"longer than its {task.timeout:g} s timeout"
-            )
+        future = loop.run_in_executor(self._executor, run.run)
+        timer = None
+        if len(jobs) > 1:
+            timer = loop.call_later(self.give_back_after, self._hand_back_unstarted, run)
+        try:
+            await future
+        except asyncio.CancelledError as exc:
+            run.stop()
+            for index, (job, task, context) in enumerate(jobs):
+                if index < len(run.results):
+                    self._done(self._outcome(job, task, context, run.results[index][0]), 0.0)
+                elif job.id in self._running:  # running or not started: as for async jobs
+                    self._done(self._cancelled_outcome(job, context, exc), 0.0)
+            return
+        finally:
+            if timer is not None:
+                timer.cancel()
+        for (job, task, context), (error, duration) in zip(jobs, run.results, strict=False):
+            if error is None and task.timeout is not None and duration > task.timeout:
+                error = TaskTimeout(
+                    f"timed out: ran {duration:.1f} s, longer than its {task.timeout:g} s timeout"
+                )
+            self._done(self._outcome(job, task, context, error), duration)
+
+    def _hand_back_unstarted(self, run: _DefRun) -> None:
+        """A run of `def` jobs still busy after give_back_after: the jobs it has not
+        started go back to the head of the line, for a free slot here or (after
+        give_back_after again) for another worker."""
+        for job, _, _ in reversed(run.jobs[run.stop() :]):
+            _, context = self._running.pop(job.id)
+            if context.should_abort():
+                self._record(Outcome(job, "aborted", "aborted on request before it started"))
+            else:
+                self._ready.appendleft(job)
+        self._fill_slots()
+        self._wake.set()
+
+    def _outcome(
+        self, job: Job, task: Task[..., Any], context: JobContext, exc: BaseException | None
+    ) -> Outcome:
+        if exc is None:
+            return Outcome(job, "succeeded")
+        if job.id not in self._shutdown_cancelled and (
+            isinstance(exc, JobAborted) or context.should_abort()
+        ):
+            return Outcome(job, "aborted", f"aborted on request: {exc!r}")
+        return self._failure_outcome(task, job, exc)
+
+    def _done(self, outcome: Outcome, duration: float) -> None:
+        outcome.duration = duration
+        avg = self._avg_run
+        self._avg_run = duration if avg is None else avg + (duration - avg) * 0.2
+        self._running.pop(outcome.job.id, None)
+        self._record(outcome)
+        self._log_outcome(outcome)
 
     def _cancelled_outcome(
         self, job: Job, context: JobContext, exc: asyncio.CancelledError
@@ -655,6 +773,14 @@ class Worker:
         return Outcome(outcome.job, "failed", (outcome.error or "") + note)
 
     async def _finish(self, batch: list[Outcome]) -> None:
+        plain = [o.job.id for o in batch if o.status == "succeeded" and o.job.lock is None]
+        if plain:
+            await self.connector.execute_async(
+                queries["finish_succeeded_jobs"], {"ids": plain, "worker_id": self.worker_id}
+            )
+            if len(plain) == len(batch):
+                return
+            batch = [o for o in batch if o.status != "succeeded" or o.job.lock is not None]
         await self.connector.fetch_all_async(
             queries["finish_jobs"],
             {

@@ -126,6 +126,13 @@ WITH outcome AS MATERIALIZED (  -- computed once, whatever join the planner pick
 )
 SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
 
+-- name: finish_succeeded_jobs --
+-- finish_jobs for the common case, jobs without a lock that succeeded: nothing to check,
+-- nobody to wake.
+UPDATE procq_jobs
+SET status = 'succeeded', finished_at = now(), worker_id = NULL
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
+
 -- name: delete_finished_jobs --
 -- Delete jobs that just finished, for workers run with delete_jobs="successful"/"always".
 DELETE FROM procq_jobs

@@ -4,8 +4,12 @@ sit in a busy worker while another could start them, and stop or abort hand them
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 from typing import Any
+
+import pytest
 
 from procq_sqla import App, JobContext
 from procq_sqla.testing import running_worker
@@ -135,3 +139,104 @@ async def test_abort_of_a_job_claimed_ahead_means_it_never_starts(
     assert sorted(ran) == [i for i in range(25) if i != 22]
     row = db.execute("SELECT * FROM procq_jobs WHERE id = %s", (later[2],)).fetchone()
     assert row["last_error"] == "aborted on request before it started"
+
+
+async def test_def_jobs_claimed_ahead_run_in_priority_order(async_app: App, db: Any) -> None:
+    ran: list[int] = []
+
+    @async_app.task(name="step")
+    def step(i: int) -> None:
+        ran.append(i)
+
+    for i in range(120):
+        await step.configure(priority=i % 3).defer_async(i=i)
+    async with running_worker(async_app, concurrency=1):
+        done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
+        assert await wait_until(db, done, 120) == 120
+    assert ran == sorted(range(120), key=lambda i: (-(i % 3), i))
+    claims = db.execute("SELECT count(DISTINCT started_at) AS n FROM procq_jobs").fetchone()
+    assert claims["n"] < 30
+
+
+async def test_a_long_def_job_hands_back_the_jobs_queued_behind_it(
+    async_app: App, db: Any
+) -> None:
+    release = threading.Event()
+    ran_by: dict[int, int | None] = {}
+
+    @async_app.task(name="quick", pass_context=True)
+    def quick(context: JobContext, i: int) -> None:
+        ran_by[i] = context.worker_id
+
+    @async_app.task(name="hold")
+    def hold() -> None:
+        release.wait(10)
+
+    await quick.batch_defer_async(*({"i": i} for i in range(40)))
+    await hold.defer_async()
+    await quick.batch_defer_async(*({"i": i} for i in range(40, 60)))
+    async with running_worker(async_app, concurrency=1) as first:
+        held = "SELECT count(*) FROM procq_jobs WHERE task_name = 'hold' AND status = 'doing'"
+        assert await wait_until(db, held, 1) == 1
+        async with running_worker(async_app, concurrency=1) as second:
+            later = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded' AND id > 41"
+            # the second worker runs all 20 while `hold` keeps the first one busy
+            assert await wait_until(db, later, 20) == 20
+            release.set()
+            done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
+            assert await wait_until(db, done, 61) == 61
+    assert {ran_by[i] for i in range(40, 60)} == {second.worker_id}
+    assert first.worker_id != second.worker_id
+
+
+async def test_abort_of_a_def_job_waiting_behind_another_in_its_thread(
+    async_app: App, db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    ran: list[int] = []
+
+    @async_app.task(name="quick")
+    def quick(i: int) -> None:
+        ran.append(i)
+
+    @async_app.task(name="hold")
+    def hold() -> None:
+        release.wait(10)
+
+    await quick.batch_defer_async(*({"i": i} for i in range(40)))
+    await hold.defer_async()
+    later = await quick.batch_defer_async(*({"i": i} for i in range(40, 60)))
+    async with running_worker(async_app, concurrency=1) as worker:
+        worker.give_back_after = 60.0  # keep them in this worker
+        held = "SELECT count(*) FROM procq_jobs WHERE task_name = 'hold' AND status = 'doing'"
+        assert await wait_until(db, held, 1) == 1
+        assert await async_app.job_manager.abort_async(later[0]) is True
+        deadline = time.monotonic() + 5
+        while f"aborting job {later[0]} on request" not in caplog.text:
+            assert time.monotonic() < deadline, "the worker never saw the abort request"
+            await asyncio.sleep(0.01)
+        release.set()
+        done = "SELECT count(*) FROM procq_jobs WHERE status IN ('succeeded', 'aborted')"
+        assert await wait_until(db, done, 61) == 61
+    assert 40 not in ran
+    row = db.execute("SELECT status FROM procq_jobs WHERE id = %s", (later[0],)).fetchone()
+    assert row["status"] == "aborted"
+
+
+async def test_a_def_task_calling_sys_exit_fails_only_its_own_job(
+    async_app: App, db: Any
+) -> None:
+    @async_app.task(name="leave")
+    def leave(i: int) -> None:
+        if i == 3:
+            sys.exit(2)
+
+    await leave.batch_defer_async(*({"i": i} for i in range(8)))
+    async with running_worker(async_app, concurrency=2):
+        done = "SELECT count(*) FROM procq_jobs WHERE status IN ('succeeded', 'failed')"
+        assert await wait_until(db, done, 8) == 8
+    rows = db.execute(
+        "SELECT args->>'i' AS i, status, last_error FROM procq_jobs WHERE status = 'failed'"
+    ).fetchall()
+    assert [(r["i"], r["status"]) for r in rows] == [("3", "failed")]
+    assert "SystemExit: 2" in rows[0]["last_error"]
