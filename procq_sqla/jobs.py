@@ -51,13 +51,32 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
-        return cls(**{k: v for k, v in row.items() if k in _JOB_FIELDS})
+        """A job from a row holding any subset of the columns (one `get` per field: the
+        worker builds one per claimed job)."""
+        get = row.get
+        return cls(
+            row["id"],
+            row["task_name"],
+            get("queue", "default"),
+            get("args") or {},
+            get("status", "todo"),
+            get("priority", 0),
+            get("lock"),
+            get("queueing_lock"),
+            get("scheduled_at"),
+            get("attempts", 0),
+            get("created_at"),
+            get("started_at"),
+            get("finished_at"),
+            get("last_error"),
+            get("worker_id"),
+            get("abort_requested", False),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_JOB_FIELDS = frozenset(f.name for f in dataclasses.fields(Job))
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,9 +108,7 @@ async def test_stopping_gives_back_jobs_claimed_ahead(async_app: App, db: Any) -
     assert {r["status"]: r["n"] for r in rows} == {"succeeded": 21, "todo": 20}
 
 
-async def test_abort_of_a_job_claimed_ahead_means_it_never_starts(
-    async_app: App, db: Any
-) -> None:
+async def test_abort_of_a_job_claimed_ahead_means_it_never_starts(async_app: App, db: Any) -> None:
     release = asyncio.Event()
     ran: list[int] = []
 
@@ -158,9 +156,7 @@ async def test_def_jobs_claimed_ahead_run_in_priority_order(async_app: App, db: 
     assert claims["n"] < 30
 
 
-async def test_a_long_def_job_hands_back_the_jobs_queued_behind_it(
-    async_app: App, db: Any
-) -> None:
+async def test_a_long_def_job_hands_back_the_jobs_queued_behind_it(async_app: App, db: Any) -> None:
     release = threading.Event()
     ran_by: dict[int, int | None] = {}
 
@@ -223,9 +219,7 @@ async def test_abort_of_a_def_job_waiting_behind_another_in_its_thread(
     assert row["status"] == "aborted"
 
 
-async def test_a_def_task_calling_sys_exit_fails_only_its_own_job(
-    async_app: App, db: Any
-) -> None:
+async def test_a_def_task_calling_sys_exit_fails_only_its_own_job(async_app: App, db: Any) -> None:
     @async_app.task(name="leave")
     def leave(i: int) -> None:
         if i == 3:

@@ -135,3 +135,14 @@ def test_not_a_postgres_url_is_refused_without_its_password() -> None:
 def test_exception_messages_are_one_line() -> None:
     assert "\n" not in str(SchemaMissing())
     assert str(SchemaMissing()).startswith("The procq_sqla tables are missing")
+
+
+def test_job_from_row_takes_every_column_and_defaults_the_missing_ones() -> None:
+    from procq_sqla.jobs import Job
+
+    now = dt.datetime.now(dt.UTC)
+    full = Job(7, "t", "q", {"a": 1}, "doing", 3, "l", "ql", now, 2, now, now, None, "e", 9, True)
+    assert Job.from_row(full.as_dict()) == full
+    partial = Job.from_row({"id": 8, "task_name": "u", "args": None, "extra_column": 1})
+    assert partial == Job(8, "u")
+    assert partial.args == {} and partial.queue == "default" and partial.attempts == 0
