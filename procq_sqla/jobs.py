@@ -77,8 +77,6 @@ class Job:
         return dataclasses.asdict(self)
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class JobOptions:
     """Where and when a job runs; a task's defaults overridden by `configure()`."""
