@@ -128,15 +128,18 @@ SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
 
 -- name: finish_succeeded_jobs --
 -- finish_jobs for the common case, jobs without a lock that succeeded: nothing to check,
--- nobody to wake.
-UPDATE procq_jobs
+-- nobody to wake. A join on unnest, not `id = ANY(...)`: under a generic plan the latter
+-- may scan all of the worker's 'doing' rows and test each against the whole array.
+UPDATE procq_jobs AS j
 SET status = 'succeeded', finished_at = now(), worker_id = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
+FROM unnest(%(ids)s::bigint[]) AS o(id)
+WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
 
 -- name: delete_finished_jobs --
 -- Delete jobs that just finished, for workers run with delete_jobs="successful"/"always".
-DELETE FROM procq_jobs
-WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
+DELETE FROM procq_jobs AS j
+USING unnest(%(ids)s::bigint[]) AS o(id)
+WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
 
 -- name: release_jobs --
 -- Give back jobs a worker claimed ahead but never started: they wait again as if never
