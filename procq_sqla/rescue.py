@@ -3,8 +3,10 @@
 A worker that stops sending heartbeats for `stalled_worker_timeout` seconds (killed,
 machine lost, cut off from the database) is forgotten, and the jobs it left in `doing`
 go back to `todo`, or to `failed` when their task has no retry left. The attempt was
-counted when the job was claimed. Each rescue is guarded by the dead worker's id, so a
-job claimed again meanwhile is never touched.
+counted when the job was claimed (a job claimed ahead of a free slot, with no started_at,
+is not known to have started: it goes back to `todo` and its attempt is not counted).
+Each rescue is guarded by the dead worker's id, so a job claimed again meanwhile is
+never touched.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ logger = logging.getLogger("procq_sqla.worker")
 def rescue_statuses(app: App, rows: list[Row]) -> list[str]:
     """'todo' for each orphaned job whose task may run again, else 'failed' (pure).
 
-    A task this app does not know is put back: a worker that knows it decides."""
+    A task this app does not know is put back: a worker that knows it decides. So is a
+    job claimed ahead (no started_at): as far as anyone knows, it never started."""
     statuses = []
     for row in rows:
         task = app.tasks.get(row["task_name"])
         strategy = task.retry_strategy if task is not None else None
-        again = task is None or (
-            strategy is not None and strategy.has_retries_left(row["attempts"])
+        again = (
+            task is None
+            or row.get("started_at", True) is None
+            or (strategy is not None and strategy.has_retries_left(row["attempts"]))
         )
         statuses.append("todo" if again else "failed")
     return statuses

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -60,6 +61,9 @@ MAX_CLAIM_AHEAD = 200
 # Jobs claimed ahead go back to the queue when no slot took one for this long (the jobs
 # turned out long): another worker may be idle.
 GIVE_BACK_AFTER = 0.1
+# A job claimed ahead has no started_at until its outcome is written; one still running
+# after MARK_STARTED_AFTER s gets it then, so that a rescue knows it had started.
+MARK_STARTED_AFTER = 0.1
 # A slot hands its thread up to this many claimed `def` jobs at once (one hand-over and
 # one wake-up of the event loop per run of jobs, not per job).
 MAX_THREAD_RUN = 16
@@ -74,6 +78,7 @@ class Outcome:
     error: str | None = None
     delay: float = 0.0
     duration: float = 0.0
+    started: float | None = None  # time.perf_counter() when it started, if it did
 
 
 class _DefRun:
@@ -112,6 +117,11 @@ class _DefRun:
         with self.lock:
             self.stopped = True
             return self.started
+
+
+def _since(outcome: Outcome, now: float) -> float | None:
+    """Seconds since the job started (None if it never did), for its started_at."""
+    return None if outcome.started is None else now - outcome.started
 
 
 def _claim_order(job: Job) -> tuple[int, int]:
@@ -170,6 +180,7 @@ class Worker:
         self._claim_query = queries[claim]
         self._running: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
         self._busy = 0  # slots running (a slot's thread may hold several claimed jobs)
+        self._unmarked: set[int] = set()  # claimed ahead: no started_at in the table yet
         self._ready: deque[Job] = deque()  # claimed ahead, waiting for a free slot
         self._avg_run: float | None = None  # moving average of a job's run time, s
         self._low_water = 0  # claim again when fewer jobs than this wait in _ready
@@ -195,6 +206,7 @@ class Worker:
             asyncio.create_task(self._supervise("flusher", self._flush_loop)),
             asyncio.create_task(self._supervise("heartbeat", self._heartbeat_loop)),
             asyncio.create_task(self._supervise("abort poller", self._abort_poll_loop)),
+            asyncio.create_task(self._supervise("start marker", self._mark_started_loop)),
         ]
         if self.listen_notify:
             side.append(asyncio.create_task(self._supervise("listener", self._listen)))
@@ -353,7 +365,7 @@ class Worker:
                     await self._release_ready()
                 continue
             try:
-                jobs = await self._claim(want)
+                jobs = await self._claim(want, self.concurrency - self._busy - len(self._ready))
                 backoff = 0.5
             except SchemaMissing:
                 raise
@@ -400,9 +412,13 @@ class Worker:
             return MAX_CLAIM_AHEAD
         return min(MAX_CLAIM_AHEAD, int(self.concurrency * CLAIM_AHEAD_HORIZON / pace))
 
-    async def _claim(self, limit: int) -> list[Job]:
+    async def _claim(self, limit: int, start: int) -> list[Job]:
+        """Claim up to `limit` jobs, of which `start` will start at once (the rest are
+        claimed ahead)."""
+        start = max(start, 0)
         params = {
             "limit": limit,
+            "start": start,
             "worker_id": self.worker_id,
             "queues": self.queues,
             "queue": self.queues[0] if self.queues else None,
@@ -412,6 +428,7 @@ class Worker:
                 rows = await self.connector.fetch_all_async(self._claim_query, params)
                 jobs = [Job.from_row(row) for row in rows]
                 jobs.sort(key=_claim_order)  # RETURNING keeps no order
+                self._unmarked.update(job.id for job in jobs[start:])
                 return jobs
             except LockRace:
                 logger.debug("lock race while claiming; claiming again")
@@ -425,7 +442,7 @@ class Worker:
         return not self._running and not await self._claim_peek()
 
     async def _claim_peek(self) -> bool:
-        jobs = await self._claim(self.concurrency)
+        jobs = await self._claim(self.concurrency, self.concurrency - self._busy)
         self._ready.extend(jobs)
         self._fill_slots()
         return bool(jobs)
@@ -521,6 +538,7 @@ class Worker:
         self._ready.clear()
         if not jobs:
             return
+        self._unmarked.difference_update(job.id for job in jobs)
         try:
             await self.connector.fetch_all_async(
                 queries["release_jobs"],
@@ -625,7 +643,10 @@ class Worker:
         outcome.duration = duration
         avg = self._avg_run
         self._avg_run = duration if avg is None else avg + (duration - avg) * 0.2
-        self._running.pop(outcome.job.id, None)
+        self._unmarked.discard(outcome.job.id)
+        running = self._running.pop(outcome.job.id, None)
+        if running is not None and running[1].run_started:
+            outcome.started = running[1].run_started
         self._record(outcome)
         self._log_outcome(outcome)
 
@@ -770,13 +791,19 @@ class Worker:
         if outcome.status != "todo":
             return outcome
         note = "\nnot retried: another job with the same queueing lock is already waiting"
-        return Outcome(outcome.job, "failed", (outcome.error or "") + note)
+        return dataclasses.replace(outcome, status="failed", error=(outcome.error or "") + note)
 
     async def _finish(self, batch: list[Outcome]) -> None:
-        plain = [o.job.id for o in batch if o.status == "succeeded" and o.job.lock is None]
+        now = time.perf_counter()
+        plain = [o for o in batch if o.status == "succeeded" and o.job.lock is None]
         if plain:
             await self.connector.execute_async(
-                queries["finish_succeeded_jobs"], {"ids": plain, "worker_id": self.worker_id}
+                queries["finish_succeeded_jobs"],
+                {
+                    "ids": [o.job.id for o in plain],
+                    "since": [_since(o, now) for o in plain],
+                    "worker_id": self.worker_id,
+                },
             )
             if len(plain) == len(batch):
                 return
@@ -788,6 +815,7 @@ class Worker:
                 "statuses": [o.status for o in batch],
                 "errors": [o.error for o in batch],
                 "delays": [o.delay for o in batch],
+                "since": [_since(o, now) for o in batch],
                 "worker_id": self.worker_id,
             },
         )
@@ -838,6 +866,31 @@ class Worker:
                 self._record(Outcome(job, "aborted", "aborted on request before it started"))
                 return
 
+    async def _mark_started_loop(self) -> None:
+        """Give a started_at to the jobs claimed ahead that have run for a while."""
+        while True:
+            await asyncio.sleep(MARK_STARTED_AFTER)
+            if not self._unmarked:
+                continue
+            now = time.perf_counter()
+            marks: dict[int, float] = {}
+            for job_id in self._unmarked:
+                running = self._running.get(job_id)
+                if running is not None and running[1].run_started:
+                    since = now - running[1].run_started
+                    if since >= MARK_STARTED_AFTER:
+                        marks[job_id] = since
+            if marks:
+                await self.connector.execute_async(
+                    queries["mark_started"],
+                    {
+                        "ids": list(marks),
+                        "since": list(marks.values()),
+                        "worker_id": self.worker_id,
+                    },
+                )
+                self._unmarked.difference_update(marks)
+
     async def _abort_poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self.abort_polling_interval)
@@ -866,8 +919,12 @@ class Worker:
             self._last_beat = now
             if row is None:
                 logger.warning(
-                    "this worker was declared dead (no heartbeat in time); registering again"
+                    "this worker was declared dead (no heartbeat in time); registering "
+                    "again, and dropping %d job(s) claimed ahead (rescued for others)",
+                    len(self._ready),
                 )
+                self._ready.clear()
+                self._unmarked.clear()
                 await self._register()
             if cut_off:  # back from an outage: the others deserve time to beat first
                 continue

@@ -36,11 +36,14 @@ RETURNING id, queueing_lock
 -- to %(limit)s runnable jobs, highest priority then oldest first. A locked job is taken
 -- only when no job of its lock runs and it heads its lock's runnable jobs (an earlier job
 -- in a queue no registered worker reads does not count); the advisory lock keeps two
--- concurrent claims off the same lock. The claim commits without waiting for the WAL
--- flush: lost in a server crash, the job is simply 'todo' again (at least once); outcomes
--- stay durable. `= ANY(ARRAY(...))` keeps the UPDATE an index scan in a generic plan.
+-- concurrent claims off the same lock. Only the first `start` jobs get a started_at: the
+-- others are claimed ahead of a free slot, and the worker's outcome fills their
+-- started_at in (a rescue puts a job without one back without counting the attempt). The
+-- claim commits without waiting for the WAL flush: lost in a server crash, the job is
+-- simply 'todo' again (at least once); outcomes stay durable. `= ANY(ARRAY(...))` keeps
+-- the UPDATE an index scan in a generic plan.
 WITH candidates AS (
-    SELECT j.id FROM procq_jobs AS j
+    SELECT j.id, j.priority FROM procq_jobs AS j
     WHERE j.status = 'todo' /*queue_filter*/
       AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
       AND (j.lock IS NULL OR (
@@ -59,8 +62,11 @@ WITH candidates AS (
     SELECT set_config('synchronous_commit', 'off', true)
 )
 UPDATE procq_jobs AS j
-SET status = 'doing', started_at = now(), attempts = j.attempts + 1,
-    worker_id = %(worker_id)s
+SET status = 'doing', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+    started_at = CASE WHEN j.id = ANY(ARRAY(SELECT c.id FROM candidates AS c
+                                            ORDER BY c.priority DESC, c.id
+                                            LIMIT %(start)s))
+                      THEN now() END
 WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
   AND EXISTS (SELECT FROM async_commit)
 RETURNING j.id, j.queue, j.task_name, j.args, j.priority, j.lock, j.queueing_lock,
@@ -82,19 +88,19 @@ AND (e.queue = ANY(%(queues)s::text[])
                 WHERE w.queues IS NULL OR e.queue = ANY(w.queues)))
 
 -- name: finish_jobs --
--- Record many outcomes in one statement. Status 'todo' means retry after delay s; a retry
--- whose queueing lock already has a waiting job (or an earlier retry of this batch) fails
--- instead of colliding with it. Only jobs still held by the given worker are touched (a
--- rescued job is not overwritten).
+-- Record many outcomes in one statement (`since` as in finish_succeeded_jobs). Status
+-- 'todo' means retry after delay s; a retry whose queueing lock already has a waiting job
+-- (or an earlier retry of this batch) fails instead of colliding with it. Only jobs still
+-- held by the given worker are touched (a rescued job is not overwritten).
 WITH outcome AS MATERIALIZED (  -- computed once, whatever join the planner picks
-    SELECT o.id, o.status, o.error, o.delay,
+    SELECT o.id, o.status, o.error, o.delay, o.since,
            (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND (
                 EXISTS (SELECT 1 FROM procq_jobs AS q
                         WHERE q.queueing_lock = j.queueing_lock AND q.status = 'todo')
                 OR row_number() OVER (PARTITION BY j.queueing_lock, o.status = 'todo'
                                       ORDER BY o.id) > 1)) AS collides
     FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(errors)s::text[],
-                %(delays)s::float8[]) AS o(id, status, error, delay)
+                %(delays)s::float8[], %(since)s::float8[]) AS o(id, status, error, delay, since)
     JOIN procq_jobs AS j ON j.id = o.id
 ), updated AS (
     UPDATE procq_jobs AS j
@@ -107,6 +113,7 @@ WITH outcome AS MATERIALIZED (  -- computed once, whatever join the planner pick
             WHEN o.collides THEN coalesce(o.error || E'\n', '')
                  || 'not retried: another job with the same queueing lock is already waiting'
             ELSE coalesce(o.error, j.last_error) END,
+        started_at = coalesce(j.started_at, now() - make_interval(secs => o.since)),
         worker_id = NULL
     FROM outcome AS o
     WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
@@ -130,10 +137,21 @@ SELECT u.id, u.status, (SELECT count(*) FROM woken) AS woken FROM updated AS u
 -- finish_jobs for the common case, jobs without a lock that succeeded: nothing to check,
 -- nobody to wake. A join on unnest, not `id = ANY(...)`: under a generic plan the latter
 -- may scan all of the worker's 'doing' rows and test each against the whole array.
+-- `since`: seconds since each job started, for the jobs claimed ahead (no started_at).
 UPDATE procq_jobs AS j
-SET status = 'succeeded', finished_at = now(), worker_id = NULL
-FROM unnest(%(ids)s::bigint[]) AS o(id)
+SET status = 'succeeded', finished_at = now(), worker_id = NULL,
+    started_at = coalesce(j.started_at, now() - make_interval(secs => o.since))
+FROM unnest(%(ids)s::bigint[], %(since)s::float8[]) AS o(id, since)
 WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
+
+-- name: mark_started --
+-- Jobs claimed ahead that have been running for a while get their started_at (`since`
+-- as in finish_succeeded_jobs), so that a rescue counts their attempt.
+UPDATE procq_jobs AS j
+SET started_at = now() - make_interval(secs => o.since)
+FROM unnest(%(ids)s::bigint[], %(since)s::float8[]) AS o(id, since)
+WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
+  AND j.started_at IS NULL
 
 -- name: delete_finished_jobs --
 -- Delete jobs that just finished, for workers run with delete_jobs="successful"/"always".
@@ -196,7 +214,7 @@ RETURNING id, name
 
 -- name: list_orphaned_jobs --
 -- Jobs left in 'doing' by workers that no longer exist.
-SELECT j.id, j.task_name, j.attempts, j.worker_id
+SELECT j.id, j.task_name, j.attempts, j.worker_id, j.started_at
 FROM procq_jobs AS j
 WHERE j.status = 'doing'
   AND NOT EXISTS (SELECT 1 FROM procq_workers AS w WHERE w.id = j.worker_id)
@@ -205,7 +223,8 @@ LIMIT 1000
 
 -- name: rescue_jobs --
 -- Put orphaned jobs back ('todo', or 'failed' when out of retries), guarded by the dead
--- worker's id so a job claimed again meanwhile is never touched.
+-- worker's id so a job claimed again meanwhile is never touched. A job without started_at
+-- was claimed ahead and not known to have started: its attempt is not counted.
 WITH outcome AS (
     SELECT o.id, o.status, o.worker_id,
            (o.status = 'todo' AND j.queueing_lock IS NOT NULL AND (
@@ -220,8 +239,11 @@ WITH outcome AS (
     UPDATE procq_jobs AS j
     SET status = CASE WHEN o.collides THEN 'failed' ELSE o.status END,
         finished_at = CASE WHEN o.status = 'todo' AND NOT o.collides THEN NULL ELSE now() END,
+        attempts = CASE WHEN j.started_at IS NULL THEN j.attempts - 1 ELSE j.attempts END,
         last_error = 'worker ' || coalesce(o.worker_id::text, '?')
-                     || ' died while running this job'
+                     || CASE WHEN j.started_at IS NULL
+                             THEN ' died before this job claimed ahead was known to start'
+                             ELSE ' died while running this job' END
                      || CASE WHEN o.collides THEN '; not retried: another job with the same'
                                                   || ' queueing lock is already waiting'
                              ELSE '' END,

@@ -112,7 +112,7 @@ async def test_claim_takes_only_the_head_job_of_a_lock(async_app: App, db) -> No
     free = await t.configure(lock="M").defer_async()
     worker_id = db.execute("INSERT INTO procq_workers (name) VALUES ('w') RETURNING id").fetchone()
     claim = queries["claim_jobs_any_queue"]
-    params = {"limit": 10, "worker_id": worker_id["id"], "queues": None}
+    params = {"limit": 10, "start": 10, "worker_id": worker_id["id"], "queues": None}
 
     rows = await async_app.async_connector().fetch_all_async(claim, params)
     assert sorted(r["id"] for r in rows) == [ids[0], free]
@@ -153,7 +153,7 @@ async def test_lock_race_is_claimed_again_and_logged_only_at_debug(
     connector.fetch_all_async = racing  # type: ignore[method-assign]
     try:
         with caplog.at_level(logging.DEBUG, logger="procq_sqla"):
-            jobs = await worker._claim(5)
+            jobs = await worker._claim(5, 5)
     finally:
         del connector.fetch_all_async
     assert [job.id for job in jobs] == [second]

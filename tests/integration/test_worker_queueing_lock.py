@@ -107,6 +107,7 @@ async def test_two_retries_of_one_queueing_lock_in_one_batch_keep_one(async_app:
             "statuses": ["todo", "todo"],
             "errors": ["e1", "e2"],
             "delays": [0.0, 0.0],
+            "since": [0.5, 0.5],
             "worker_id": worker["id"],
         },
     )
