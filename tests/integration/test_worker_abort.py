@@ -7,19 +7,11 @@ import threading
 import time
 
 import pytest
+from polling import wait_for_status
 
 from procq_sqla import App, JobContext
 from procq_sqla.exceptions import JobAborted
 from procq_sqla.testing import running_worker
-
-
-async def wait_for_status(db, job_id: int, status: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = db.execute("SELECT status FROM procq_jobs WHERE id = %s", (job_id,)).fetchone()
-        if got["status"] == status or time.monotonic() > deadline:
-            return str(got["status"])
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize(

@@ -10,18 +10,10 @@ import time
 from typing import Any
 
 import pytest
+from polling import wait_until
 
 from procq_sqla import App, JobContext
 from procq_sqla.testing import running_worker
-
-
-async def wait_until(db: Any, query: str, expected: Any, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = next(iter(db.execute(query).fetchone().values()))
-        if got == expected or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.01)
 
 
 async def test_short_jobs_are_claimed_many_per_statement(async_app: App, db: Any) -> None:

@@ -10,24 +10,14 @@ import logging
 import time
 from typing import Any
 
-import psycopg
 import pytest
+from polling import wait_until
 
 from procq_sqla import App
 from procq_sqla.connectors.base import LockRace
 from procq_sqla.sql import queries
 from procq_sqla.testing import running_worker
 from procq_sqla.worker import Worker
-
-
-async def wait_until(db: psycopg.Connection[Any], query: str, expected: Any, timeout: float = 10):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = db.execute(query).fetchone()
-        got = next(iter(value.values())) if value else None
-        if got == expected or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.05)
 
 
 async def test_lock_runs_one_job_at_a_time_in_priority_then_age_order(async_app: App, db) -> None:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
+from polling import wait_for_status
 
 from procq_sqla import AlreadyEnqueued, App
 from procq_sqla.sql import queries
 from procq_sqla.testing import running_worker
-
-
-async def wait_for_status(db, job_id: int, status: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = db.execute("SELECT status FROM procq_jobs WHERE id = %s", (job_id,)).fetchone()
-        if got["status"] == status or time.monotonic() > deadline:
-            return str(got["status"])
-        await asyncio.sleep(0.05)
 
 
 def test_second_defer_with_a_waiting_queueing_lock_raises_already_enqueued(

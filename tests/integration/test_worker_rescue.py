@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
+from polling import wait_until
 
 from procq_sqla import App
 from procq_sqla.testing import running_worker
 from procq_sqla.worker import Worker
-
-
-async def wait_until(db, query: str, expected: Any, timeout: float = 10, params=()) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = next(iter(db.execute(query, params).fetchone().values()))
-        if got == expected or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.02)
 
 
 def dead_worker_with_jobs(db, *task_names: str) -> tuple[int, list[int]]:

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
-from typing import Any
 
 import pytest
+from polling import wait_until
 
 from procq_sqla import App
 from procq_sqla.exceptions import InvalidOption
 from procq_sqla.testing import running_worker
-
-
-async def wait_until(db, query: str, expected: Any, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = next(iter(db.execute(query).fetchone().values()))
-        if got == expected or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.02)
 
 
 async def test_higher_priority_first_then_fifo_within_a_priority(async_app: App, db) -> None:

@@ -1,0 +1,27 @@
+"""Polling the database from a test while a worker runs beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+async def wait_until(
+    db: Any, query: str, expected: Any, *, params: Any = (), timeout: float = 10
+) -> Any:
+    """Poll a one-value query until it returns `expected` or `timeout` passes; returns
+    the last value seen (None for no row), for the caller to assert on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = db.execute(query, params).fetchone()
+        got = next(iter(row.values())) if row else None
+        if got == expected or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.01)
+
+
+async def wait_for_status(db: Any, job_id: int, status: str, timeout: float = 10) -> str:
+    """Poll a job's status until it is `status`; returns the last one seen."""
+    query = "SELECT status FROM procq_jobs WHERE id = %s"
+    return str(await wait_until(db, query, status, params=(job_id,), timeout=timeout))
