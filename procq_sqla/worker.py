@@ -119,6 +119,12 @@ class _DefRun:
             return self.started
 
 
+def _array_literal(values: list[int] | list[float | None]) -> str:
+    """A PostgreSQL array literal of numbers: on the hot path, one join is far cheaper
+    than a driver adapting a list element by element."""
+    return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
+
+
 def _since(outcome: Outcome, now: float) -> float | None:
     """Seconds since the job started (None if it never did), for its started_at."""
     return None if outcome.started is None else now - outcome.started
@@ -800,8 +806,8 @@ class Worker:
             await self.connector.execute_async(
                 queries["finish_succeeded_jobs"],
                 {
-                    "ids": [o.job.id for o in plain],
-                    "since": [_since(o, now) for o in plain],
+                    "ids": _array_literal([o.job.id for o in plain]),
+                    "since": _array_literal([_since(o, now) for o in plain]),
                     "worker_id": self.worker_id,
                 },
             )
