@@ -175,6 +175,12 @@ def _interval(flag: str, help: str) -> Callable[[F], F]:
     help="Delete jobs once they finish.",
 )
 @option(
+    "--claim-ahead/--no-claim-ahead",
+    default=_WD["claim_ahead"],
+    show_default=True,
+    help="While jobs are short, claim up to 20 ms of work beyond the free slots.",
+)
+@option(
     "-n", "--name", default=None, help="Worker name in logs and procq_workers (default: host:pid)."
 )
 @_interval("--heartbeat-interval", "How often the worker records that it is alive.")

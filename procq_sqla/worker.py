@@ -154,6 +154,7 @@ class Worker:
         heartbeat_interval: float = 5.0,
         stalled_worker_timeout: float = 30.0,
         install_signal_handlers: bool = True,
+        claim_ahead: bool = True,
     ) -> None:
         if concurrency < 1:
             raise InvalidOption(f"concurrency must be at least 1, not {concurrency}")
@@ -177,6 +178,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.stalled_worker_timeout = stalled_worker_timeout
         self.install_signal_handlers = install_signal_handlers
+        self.claim_ahead = claim_ahead
         self.worker_id: int | None = None
         self._last_beat = time.monotonic()
         if not self.queues:
@@ -402,7 +404,7 @@ class Worker:
     def _ahead(self) -> int:
         """Jobs to claim beyond the free slots: about CLAIM_AHEAD_HORIZON seconds of work
         at the pace seen so far (a job running long right now counts as the pace)."""
-        if self._avg_run is None:
+        if self._avg_run is None or not self.claim_ahead:
             return 0
         pace = self._avg_run
         if self._running:

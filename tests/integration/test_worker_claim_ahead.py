@@ -16,7 +16,10 @@ from procq_sqla import App, JobContext
 from procq_sqla.testing import running_worker
 
 
-async def test_short_jobs_are_claimed_many_per_statement(async_app: App, db: Any) -> None:
+@pytest.mark.parametrize("claim_ahead", [True, False], ids=["claim-ahead", "free-slots-only"])
+async def test_short_jobs_are_claimed_many_per_statement(
+    async_app: App, db: Any, claim_ahead: bool
+) -> None:
     held_by_worker: list[int] = []
 
     @async_app.task(name="quick")
@@ -26,11 +29,14 @@ async def test_short_jobs_are_claimed_many_per_statement(async_app: App, db: Any
             held_by_worker.append(len(doing))
 
     await quick.batch_defer_async(*({"i": i} for i in range(400)))
-    async with running_worker(async_app, concurrency=2):
+    async with running_worker(async_app, concurrency=2, claim_ahead=claim_ahead):
         done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
         assert await wait_until(db, done, 400) == 400
-    # with only its 2 free slots claimed, the worker would never hold more than 2
-    assert max(held_by_worker) > 20, held_by_worker
+    # with only its 2 free slots claimed, the worker never holds more than 2
+    if claim_ahead:
+        assert max(held_by_worker) > 20, held_by_worker
+    else:
+        assert max(held_by_worker) <= 2, held_by_worker
     row = db.execute(
         "SELECT max(attempts) AS attempts, count(*) FILTER (WHERE started_at IS NULL"
         " OR started_at > finished_at OR started_at < created_at) AS bad FROM procq_jobs"
