@@ -7,6 +7,7 @@ import asyncio
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,6 +15,46 @@ from polling import wait_until
 
 from procq_sqla import App, JobContext
 from procq_sqla.testing import running_worker
+
+
+@dataclass
+class HeldLine:
+    """20 quick jobs (the worker learns they are short), a `hold` job that runs until
+    `release` is set, then `later` quick jobs claimed ahead behind it."""
+
+    ran: list[int]
+    release: Any  # asyncio.Event for an async `hold`, threading.Event for a def one
+    later: list[int]
+
+
+async def line_behind_a_hold(app: App, later: int, *, sync: bool = False) -> HeldLine:
+    ran: list[int] = []
+    if sync:
+        release: Any = threading.Event()
+
+        @app.task(name="quick")
+        def quick(i: int) -> None:
+            ran.append(i)
+
+        @app.task(name="hold")
+        def hold() -> None:
+            release.wait(10)
+
+    else:
+        release = asyncio.Event()
+
+        @app.task(name="quick")
+        async def quick(i: int) -> None:
+            ran.append(i)
+
+        @app.task(name="hold")
+        async def hold() -> None:
+            await release.wait()
+
+    await app.tasks["quick"].batch_defer_async(*({"i": i} for i in range(20)))
+    await app.tasks["hold"].defer_async()
+    ids = await app.tasks["quick"].batch_defer_async(*({"i": i} for i in range(20, 20 + later)))
+    return HeldLine(ran, release, ids)
 
 
 @pytest.mark.parametrize("claim_ahead", [True, False], ids=["claim-ahead", "free-slots-only"])
@@ -80,19 +121,7 @@ async def test_jobs_claimed_ahead_go_back_when_a_long_job_holds_the_slot(
 
 
 async def test_stopping_gives_back_jobs_claimed_ahead(async_app: App, db: Any) -> None:
-    release = asyncio.Event()
-
-    @async_app.task(name="quick")
-    async def quick(i: int) -> None:
-        return None
-
-    @async_app.task(name="hold")
-    async def hold() -> None:
-        await release.wait()
-
-    await quick.batch_defer_async(*({"i": i} for i in range(20)))
-    await hold.defer_async()
-    await quick.batch_defer_async(*({"i": i} for i in range(20, 40)))
+    line = await line_behind_a_hold(async_app, 20)
     async with running_worker(async_app, concurrency=1) as worker:
         worker.give_back_after = 60.0  # only the stop may give them back
         held = "SELECT count(*) FROM procq_jobs WHERE task_name = 'hold' AND status = 'doing'"
@@ -104,7 +133,7 @@ async def test_stopping_gives_back_jobs_claimed_ahead(async_app: App, db: Any) -
         worker.stop()
         waiting = "SELECT count(*) FROM procq_jobs WHERE status = 'todo' AND attempts = 0"
         assert await wait_until(db, waiting, 20) == 20  # back while `hold` still runs
-        release.set()
+        line.release.set()
     rows = db.execute(
         "SELECT status, count(*) AS n FROM procq_jobs GROUP BY status ORDER BY status"
     ).fetchall()
@@ -112,20 +141,8 @@ async def test_stopping_gives_back_jobs_claimed_ahead(async_app: App, db: Any) -
 
 
 async def test_abort_of_a_job_claimed_ahead_means_it_never_starts(async_app: App, db: Any) -> None:
-    release = asyncio.Event()
-    ran: list[int] = []
-
-    @async_app.task(name="quick")
-    async def quick(i: int) -> None:
-        ran.append(i)
-
-    @async_app.task(name="hold")
-    async def hold() -> None:
-        await release.wait()
-
-    await quick.batch_defer_async(*({"i": i} for i in range(20)))
-    await hold.defer_async()
-    later = await quick.batch_defer_async(*({"i": i} for i in range(20, 25)))
+    line = await line_behind_a_hold(async_app, 5)
+    ran, later = line.ran, line.later
     async with running_worker(async_app, concurrency=1) as worker:
         worker.give_back_after = 60.0
         doing = "SELECT count(*) FROM procq_jobs WHERE status = 'doing'"
@@ -133,7 +150,7 @@ async def test_abort_of_a_job_claimed_ahead_means_it_never_starts(async_app: App
         assert await async_app.job_manager.abort_async(later[2]) is True
         aborted = "SELECT count(*) FROM procq_jobs WHERE status = 'aborted'"
         assert await wait_until(db, aborted, 1) == 1
-        release.set()
+        line.release.set()
         done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
         assert await wait_until(db, done, 25) == 25
     assert 22 not in ran
@@ -189,20 +206,8 @@ async def test_a_long_def_job_hands_back_the_jobs_queued_behind_it(async_app: Ap
 async def test_abort_of_a_def_job_waiting_behind_another_in_its_thread(
     async_app: App, db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    release = threading.Event()
-    ran: list[int] = []
-
-    @async_app.task(name="quick")
-    def quick(i: int) -> None:
-        ran.append(i)
-
-    @async_app.task(name="hold")
-    def hold() -> None:
-        release.wait(10)
-
-    await quick.batch_defer_async(*({"i": i} for i in range(40)))
-    await hold.defer_async()
-    later = await quick.batch_defer_async(*({"i": i} for i in range(40, 60)))
+    line = await line_behind_a_hold(async_app, 20, sync=True)
+    ran, later = line.ran, line.later
     async with running_worker(async_app, concurrency=1) as worker:
         worker.give_back_after = 60.0  # keep them in this worker
         held = "SELECT count(*) FROM procq_jobs WHERE task_name = 'hold' AND status = 'doing'"
@@ -212,10 +217,10 @@ async def test_abort_of_a_def_job_waiting_behind_another_in_its_thread(
         while f"aborting job {later[0]} on request" not in caplog.text:
             assert time.monotonic() < deadline, "the worker never saw the abort request"
             await asyncio.sleep(0.01)
-        release.set()
+        line.release.set()
         done = "SELECT count(*) FROM procq_jobs WHERE status IN ('succeeded', 'aborted')"
-        assert await wait_until(db, done, 61) == 61
-    assert 40 not in ran
+        assert await wait_until(db, done, 41) == 41
+    assert 20 not in ran and len(ran) == 39
     row = db.execute("SELECT status FROM procq_jobs WHERE id = %s", (later[0],)).fetchone()
     assert row["status"] == "aborted"
 
@@ -240,20 +245,8 @@ async def test_a_def_task_calling_sys_exit_fails_only_its_own_job(async_app: App
 async def test_a_worker_declared_dead_drops_the_jobs_it_claimed_ahead(
     async_app: App, db: Any
 ) -> None:
-    release = asyncio.Event()
-    ran: list[int] = []
-
-    @async_app.task(name="quick")
-    async def quick(i: int) -> None:
-        ran.append(i)
-
-    @async_app.task(name="hold")
-    async def hold() -> None:
-        await release.wait()
-
-    await quick.batch_defer_async(*({"i": i} for i in range(20)))
-    await hold.defer_async()
-    await quick.batch_defer_async(*({"i": i} for i in range(20, 25)))
+    line = await line_behind_a_hold(async_app, 5)
+    ran = line.ran
     options = {"concurrency": 1, "heartbeat_interval": 0.2, "stalled_worker_timeout": 1.0}
     async with running_worker(async_app, **options) as worker:
         worker.give_back_after = 60.0
@@ -270,7 +263,7 @@ async def test_a_worker_declared_dead_drops_the_jobs_it_claimed_ahead(
         # of its former self, which the new registration then claims and runs once each
         while worker.worker_id == first_id:
             await asyncio.sleep(0.05)
-        release.set()  # the slot is free again (the outcome of `hold` is ignored)
+        line.release.set()  # the slot is free again (the outcome of `hold` is ignored)
         done = "SELECT count(*) FROM procq_jobs WHERE status = 'succeeded'"
         assert await wait_until(db, done, 25) == 25
     assert sorted(ran) == list(range(25)), "no job claimed ahead ran twice"
