@@ -11,10 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from .connectors.base import CopyPlan
 from .exceptions import AlreadyEnqueued, InvalidOption, JobNotFound
-from .jobs import Job, JobOptions, batch_defer_params, defer_params, match_batch_ids
+from .jobs import (
+    Job,
+    JobOptions,
+    batch_defer_params,
+    copy_defer_data,
+    defer_params,
+    match_batch_ids,
+)
 from .sql import queries
 
 if TYPE_CHECKING:
@@ -24,6 +32,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 DEFAULT_LIST_LIMIT = 100
 PRUNE_BATCH = 10_000
+# From this many jobs (without a queueing lock) a batch defer goes in by COPY: four more
+# round trips than one INSERT, and several times faster per row.
+COPY_MIN_JOBS = 1_000
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
 JOB_STATUSES = ("todo", "doing", *FINISHED_STATUSES)
 
@@ -195,6 +206,23 @@ class JobManager:
         return Plan(queries[name], params, lambda rows: match_batch_ids(locks, rows))
 
     @staticmethod
+    def plan_copy_defer(
+        task_name: str, options: JobOptions, args_json: Sequence[str]
+    ) -> CopyPlan | None:
+        """The COPY path of a big batch, or None where the INSERT is the one to use: a
+        queueing lock (a conflict must skip or raise per job), or a small batch."""
+        if options.queueing_lock is not None or len(args_json) < COPY_MIN_JOBS:
+            return None
+        return CopyPlan(
+            queries["copy_jobs_start"],
+            queries["copy_jobs"],
+            copy_defer_data(task_name, options, args_json),
+            queries["copy_jobs_ids"],
+            {"queue": options.queue},
+            len(args_json),
+        )
+
+    @staticmethod
     def plan_get(job_id: int) -> Plan[Job]:
         return Plan(queries["get_job"], {"id": job_id}, _job_or_raise(job_id))
 
@@ -284,8 +312,13 @@ class JobManager:
     ) -> list[int | None]:
         if not args_json:
             return []
-        plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
-        ids = self._run(plan, via)
+        copy = self.plan_copy_defer(task_name, options, args_json) if via is None else None
+        copy_in = getattr(self.app.sync_connector(), "copy_in", None) if copy else None
+        if copy is not None and copy_in is not None:
+            ids: list[int | None] = copy_in(copy)
+        else:
+            plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
+            ids = self._run(plan, via)
         log_deferred(task_name, options, ids)
         return ids
 
@@ -351,8 +384,13 @@ class JobManager:
     ) -> list[int | None]:
         if not args_json:
             return []
-        plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
-        ids = await self._run_async(plan, via)
+        copy = self.plan_copy_defer(task_name, options, args_json) if via is None else None
+        copy_in = getattr(self.app.async_connector(), "copy_in_async", None) if copy else None
+        if copy is not None and copy_in is not None:
+            ids: list[int | None] = await copy_in(copy)
+        else:
+            plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
+            ids = await self._run_async(plan, via)
         log_deferred(task_name, options, ids)
         return ids
 
@@ -410,6 +448,6 @@ def log_deferred(task_name: str, options: JobOptions, ids: Sequence[int | None])
 
 def raise_if_skipped(ids: list[int | None], queueing_lock: str | None) -> list[int]:
     """Batch defers without `ignore_already_enqueued` never skip; make that explicit."""
-    if any(i is None for i in ids):
+    if None in ids:
         raise AlreadyEnqueued(queueing_lock=queueing_lock)
-    return [i for i in ids if i is not None]
+    return cast("list[int]", ids)

@@ -56,13 +56,13 @@ jobs = sa.Table(
         "procq_jobs_queueing_lock_idx",
         "queueing_lock",
         unique=True,
-        postgresql_where=sa.text("status = 'todo'"),
+        postgresql_where=sa.text("queueing_lock IS NOT NULL AND status = 'todo'"),
     ),
     sa.Index(
         "procq_jobs_lock_doing_idx",
         "lock",
         unique=True,
-        postgresql_where=sa.text("status = 'doing'"),
+        postgresql_where=sa.text("lock IS NOT NULL AND status = 'doing'"),
     ),
     sa.Index(
         "procq_jobs_lock_todo_idx",

@@ -13,8 +13,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from .connectors.base import default_json_dumps, default_json_dumps_many
 from .exceptions import InvalidOption
-from .jobs import JobOptions, check_task_name, resolve_schedule, serialize_args
+from .jobs import BatchArgs, JobOptions, check_task_name, resolve_schedule, serialize_args
 from .manager import raise_if_skipped
 from .retry import RetryStrategy, get_retry_strategy
 
@@ -123,6 +124,12 @@ class Deferrer:
     def _dump(self, kwargs: Mapping[str, Any]) -> str:
         return serialize_args(kwargs, self.task.app.json_dumps)
 
+    def _dump_all(self, kwargs_list: tuple[Mapping[str, Any], ...]) -> BatchArgs:
+        """The arguments' JSON, serialized as it is read (see `BatchArgs`)."""
+        dumps = self.task.app.json_dumps
+        many = default_json_dumps_many if dumps is default_json_dumps else None
+        return BatchArgs(kwargs_list, dumps, many)
+
     def _via_sync(self) -> Any:
         if self.session is None:
             return None
@@ -155,7 +162,7 @@ class Deferrer:
         """Defer many jobs in one statement; returns their ids in order. With
         `ignore_already_enqueued=True`, jobs whose queueing lock is taken are skipped
         (and left out of the returned list) instead of failing the whole batch."""
-        dumped = [self._dump(kwargs) for kwargs in kwargs_list]
+        dumped = self._dump_all(kwargs_list)
         ids = self.task.app.job_manager.batch_defer(
             self.task.name,
             self.options,
@@ -168,7 +175,7 @@ class Deferrer:
     async def batch_defer_async(
         self, *kwargs_list: Mapping[str, Any], ignore_already_enqueued: bool = False
     ) -> list[int]:
-        dumped = [self._dump(kwargs) for kwargs in kwargs_list]
+        dumped = self._dump_all(kwargs_list)
         ids = await self.task.app.job_manager.batch_defer_async(
             self.task.name,
             self.options,

@@ -8,15 +8,19 @@ catches its own errors in one place and hands the facts to `translate_error`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import select
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from ..database import mask_password
 from ..exceptions import AlreadyEnqueued, ConnectorError, SchemaMissing
+from ..sql import queries
 
 Params = Mapping[str, Any]
 Row = dict[str, Any]
@@ -30,8 +34,24 @@ LOCK_INDEX = "procq_jobs_lock_doing_idx"
 RETRYABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 
+# One encoder for every call: json.dumps with non-default options builds a new one each time.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def default_json_dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
+
+
+def default_json_dumps_many(values: list[Any]) -> list[str]:
+    """`default_json_dumps` of each value, with one C encoder for the whole list (what
+    `JSONEncoder.encode` builds anew on every call, which dominated a big batch_defer).
+    The same texts and the same errors (circular reference, NaN, unknown type)."""
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return [_ENCODER.encode(value) for value in values]
+    encode = c_make_encoder(
+        {}, _ENCODER.default, encode_basestring, None, ":", ",", False, False, False
+    )
+    return ["".join(encode(value, 0)) for value in values]
 
 
 @runtime_checkable
@@ -100,6 +120,75 @@ class AsyncQueryMethods:
     async def fetch_all_async(self, query: str, params: Params) -> list[Row]:
         rows: list[Row] = await self._run(query, params, "all")
         return rows
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """A query as a named server-side prepared statement.
+
+    psycopg 3 prepares a query by itself once it has run a few times; psycopg2 sends the
+    text every time, and the server parsing and planning `defer_job` again costs about as
+    much as executing it. The psycopg2-based connectors therefore PREPARE the hot queries
+    once per connection and EXECUTE them. The name carries a digest of the text, so a
+    session shared through a pooler never runs another version's statement."""
+
+    name: str
+    prepare: str  # PREPARE name AS ... $1 ...
+    execute: str  # EXECUTE name(%s, ...), for the driver's positional parameters
+    keys: tuple[str, ...]  # which named parameter goes to $1, $2, ...
+
+    def args(self, params: Params) -> tuple[Any, ...]:
+        return tuple(params[key] for key in self.keys)
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+def prepared_query(label: str, query: str) -> PreparedQuery:
+    """`query` (with `%(name)s` placeholders) as a prepared statement named after `label`."""
+    keys: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key is None:
+            return "%"
+        if key not in keys:
+            keys.append(key)
+        return f"${keys.index(key) + 1}"
+
+    body = _PLACEHOLDER.sub(number, query)
+    name = f"procq_{label}_{hashlib.sha1(query.encode()).hexdigest()[:12]}"
+    arguments = f"({', '.join(['%s'] * len(keys))})" if keys else ""
+    return PreparedQuery(
+        name, f"PREPARE {name} AS {body}", f"EXECUTE {name}{arguments}", tuple(keys)
+    )
+
+
+# The queries worth preparing on drivers that do not prepare by themselves: run once per
+# call on the hottest path (one defer per web request).
+PREPARED_QUERIES: dict[str, PreparedQuery] = {
+    queries[label]: prepared_query(label, queries[label]) for label in ("defer_job",)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """A COPY in one transaction: `before` (its one row joins `params`), COPY the chunks
+    of `data` (text format) with `copy`, then `after`, the first column of whose rows is the result.
+    Another number of rows than `expected` rolls it all back."""
+
+    before: str
+    copy: str
+    data: Iterable[str]  # chunks, written as they come
+    after: str
+    params: dict[str, Any]
+    expected: int
+
+
+COPY_MISMATCH = (
+    "the COPY of {expected} jobs could not read back their ids (got {got}); nothing was "
+    "deferred: is the connection inside a transaction of its own?"
+)
 
 
 class LockRace(ConnectorError):

@@ -12,23 +12,27 @@ a statement the server refused because it was terminating the connection (SQLSTA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import psycopg_pool
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_loads
 
 from ..database import mask_password
 from ..exceptions import AppNotOpen, ConnectorError
 from .base import (
+    COPY_MISMATCH,
     RETRYABLE_SQLSTATES,
     AsyncQueryMethods,
+    CopyPlan,
     JSONDumps,
     JSONLoads,
     NotifyCallback,
@@ -43,10 +47,6 @@ from .base import (
 PoolFactory = Callable[..., psycopg_pool.AsyncConnectionPool[Any]]
 # How many dead pooled connections one call may throw away before giving up.
 MAX_DISCARDS = 32
-
-
-class StaleConnection(Exception):
-    """A pooled connection was found dead before a statement was sent on it."""
 
 
 @contextmanager
@@ -89,6 +89,35 @@ def prepare_cursor(
     """Per-cursor JSON parsing, so it also applies on a pool we did not create."""
     if json_loads is not None:
         set_json_loads(json_loads, cursor)
+
+
+async def run_statement_async(
+    conn: psycopg.AsyncConnection[Any],
+    query: str,
+    params: Params,
+    fetch: str,
+    loads: JSONLoads | None,
+) -> Any:
+    """One statement on a pooled connection, committed (or rolled back) at once when the
+    connection is not in autocommit (a pool handed to `open_async(pool)`)."""
+    try:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            prepare_cursor(cur, loads)
+            await cur.execute(query, params)
+            if fetch == "one":
+                result: Any = await cur.fetchone()
+            elif fetch == "all":
+                result = await cur.fetchall()
+            else:
+                result = None
+        if conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            await conn.commit()
+        return result
+    except BaseException:
+        if not conn.closed and conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
+        raise
 
 
 def connection_kwargs(kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -199,34 +228,54 @@ class PsycopgConnector(AsyncQueryMethods):
             raise AppNotOpen()
         return self._pool
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self.pool.connection() as conn:
-            if is_dead(conn):
-                await conn.close()  # the pool replaces it
-                raise StaleConnection()
-            yield conn
-
     async def _run(self, query: str, params: Params, fetch: str) -> Any:
+        # getconn/putconn rather than pool.connection(): no context manager and no
+        # commit() call on our autocommit connections (this is every defer's path)
         retried = False
         for _ in range(MAX_DISCARDS):
             with wrap_exceptions(self._secrets):
+                pool = self.pool
+                conn = await pool.getconn()
                 try:
-                    async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                        prepare_cursor(cur, self.json_loads)
-                        await cur.execute(query, params)
-                        if fetch == "one":
-                            return await cur.fetchone()
-                        if fetch == "all":
-                            return await cur.fetchall()
-                        return None
-                except StaleConnection:
-                    continue
+                    if is_dead(conn):
+                        await conn.close()  # the pool replaces it
+                        continue
+                    return await run_statement_async(conn, query, params, fetch, self.json_loads)
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
                         retried = True
                         continue
                     raise
+                finally:
+                    await pool.putconn(conn)
+        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+
+    async def copy_in_async(self, plan: CopyPlan) -> list[Any]:
+        """Run a `CopyPlan` (big batch defers) on one pooled connection."""
+        with wrap_exceptions(self._secrets):
+            pool = self.pool
+            for _ in range(MAX_DISCARDS):
+                conn = await pool.getconn()
+                try:
+                    if is_dead(conn):
+                        await conn.close()  # the pool replaces it
+                        continue
+                    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                        await cur.execute(plan.before, plan.params)
+                        first = await cur.fetchone() or {}
+                        async with cur.copy(plan.copy) as copy:
+                            for chunk in plan.data:
+                                await copy.write(chunk)
+                        cur.row_factory = tuple_row
+                        await cur.execute(plan.after, {**plan.params, **first})
+                        rows = await cur.fetchall()
+                        if len(rows) != plan.expected:
+                            raise ConnectorError(
+                                COPY_MISMATCH.format(expected=plan.expected, got=len(rows))
+                            )
+                    return [row[0] for row in rows]
+                finally:
+                    await pool.putconn(conn)
         raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     async def listen(

@@ -10,18 +10,22 @@ server's goodbye is discarded before a statement is sent on it (no round trip).
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
 
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 from .base import (
+    PREPARED_QUERIES,
     JSONDumps,
     JSONLoads,
     Params,
@@ -70,6 +74,31 @@ def prepare_cursor(cursor: Any, json_loads: JSONLoads | None) -> None:
         psycopg2.extras.register_default_jsonb(cursor, loads=json_loads)
 
 
+# The prepared statements each live psycopg2 connection holds (by name).
+_prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def execute(conn: Any, cursor: Any, query: str, params: Params) -> None:
+    """Run `query` on a psycopg2 cursor; on an autocommit connection, a hot query runs as
+    a server-side prepared statement (PREPAREd the first time on that connection)."""
+    prepared = PREPARED_QUERIES.get(query)
+    if prepared is None or not conn.autocommit:
+        cursor.execute(query, dict(params))
+        return
+    names = _prepared.setdefault(conn, set())
+    if prepared.name not in names:
+        # already there in a session shared through a pooler: the same text (digest)
+        with contextlib.suppress(psycopg2.errors.DuplicatePreparedStatement):
+            cursor.execute(prepared.prepare)
+        names.add(prepared.name)
+    try:
+        cursor.execute(prepared.execute, prepared.args(params))
+    except psycopg2.errors.InvalidSqlStatementName:
+        # dropped behind our back (DISCARD ALL, a transaction-mode pooler): never ran
+        names.discard(prepared.name)
+        cursor.execute(query, dict(params))
+
+
 def run_statement(
     conn: Any, query: str, params: Params, fetch: str, loads: JSONLoads | None
 ) -> Any:
@@ -78,7 +107,7 @@ def run_statement(
     try:
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             prepare_cursor(cur, loads)
-            cur.execute(query, dict(params))
+            execute(conn, cur, query, params)
             result: Any = None
             if fetch == "one":
                 row = cur.fetchone()

@@ -7,17 +7,20 @@ any thread), so no event loop is ever spun up per call. It cannot run the worker
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import psycopg_pool
-from psycopg.rows import dict_row
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row, tuple_row
 
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 from .base import (
+    COPY_MISMATCH,
+    CopyPlan,
     JSONDumps,
     JSONLoads,
     Params,
@@ -28,7 +31,6 @@ from .base import (
 )
 from .psycopg import (
     MAX_DISCARDS,
-    StaleConnection,
     connection_kwargs,
     describe,
     is_dead,
@@ -45,6 +47,31 @@ WRONG_WORKER = (
     "PsycopgConnector or AiopgConnector instead, as in app.with_connector("
     "PsycopgConnector(conninfo=...)), because {name}.get_worker_connector() has no async pair"
 )
+
+
+def run_statement(
+    conn: psycopg.Connection[Any], query: str, params: Params, fetch: str, loads: JSONLoads | None
+) -> Any:
+    """One statement on a pooled connection, committed (or rolled back) at once when the
+    connection is not in autocommit (a pool handed to `open(pool)`)."""
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            prepare_cursor(cur, loads)
+            cur.execute(query, params)
+            if fetch == "one":
+                result: Any = cur.fetchone()
+            elif fetch == "all":
+                result = cur.fetchall()
+            else:
+                result = None
+        if conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            conn.commit()
+        return result
+    except BaseException:
+        if not conn.closed and conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+        raise
 
 
 class SyncPsycopgConnector(SyncQueryMethods):
@@ -122,34 +149,52 @@ class SyncPsycopgConnector(SyncQueryMethods):
         assert self._pool is not None
         return self._pool
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self.pool.connection() as conn:
-            if is_dead(conn):
-                conn.close()  # the pool replaces it
-                raise StaleConnection()
-            yield conn
-
     def _run(self, query: str, params: Params, fetch: str) -> Any:
+        # getconn/putconn rather than pool.connection(): no context manager and no
+        # commit() call on our autocommit connections (this is every defer's path)
         retried = False
         for _ in range(MAX_DISCARDS):
             with wrap_exceptions(self._secrets):
+                pool = self.pool
+                conn = pool.getconn()
                 try:
-                    with self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                        prepare_cursor(cur, self.json_loads)
-                        cur.execute(query, params)
-                        if fetch == "one":
-                            return cur.fetchone()
-                        if fetch == "all":
-                            return cur.fetchall()
-                        return None
-                except StaleConnection:
-                    continue
+                    if is_dead(conn):
+                        conn.close()  # the pool replaces it
+                        continue
+                    return run_statement(conn, query, params, fetch, self.json_loads)
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
                         retried = True
                         continue
                     raise
+                finally:
+                    pool.putconn(conn)
+        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+
+    def copy_in(self, plan: CopyPlan) -> list[Any]:
+        """Run a `CopyPlan` (big batch defers) on one pooled connection."""
+        with wrap_exceptions(self._secrets):
+            pool = self.pool
+            for _ in range(MAX_DISCARDS):
+                conn = pool.getconn()
+                try:
+                    if is_dead(conn):
+                        conn.close()  # the pool replaces it
+                        continue
+                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                        first = cur.execute(plan.before, plan.params).fetchone() or {}
+                        with cur.copy(plan.copy) as copy:
+                            for chunk in plan.data:
+                                copy.write(chunk)
+                        cur.row_factory = tuple_row
+                        rows = cur.execute(plan.after, {**plan.params, **first}).fetchall()
+                        if len(rows) != plan.expected:
+                            raise ConnectorError(
+                                COPY_MISMATCH.format(expected=plan.expected, got=len(rows))
+                            )
+                    return [row[0] for row in rows]
+                finally:
+                    pool.putconn(conn)
         raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     def get_worker_connector(self) -> Any:

@@ -262,39 +262,43 @@ class SQLAlchemyPsycopg2Connector:
     # -- running statements ------------------------------------------------------------------
 
     def _run(self, query: str, params: Params, fetch: bool) -> list[Row]:
+        engine = self.engine
+        execute = _execute_prepared if engine.dialect.driver == "psycopg2" else _execute_text
         for attempt in (1, 2):
-            with self._checkout() as (proxy, dbapi):
-                cursor = dbapi.cursor()
-                try:
-                    if fetch and self.json_loads is not None:
-                        _set_json_loads(dbapi, cursor, self.json_loads)
-                    cursor.execute(query, params)
-                    if not fetch:
-                        return []
-                    names = [column[0] for column in cursor.description]
-                    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-                except self.engine.dialect.loaded_dbapi.Error as exc:
-                    gone = self.engine.dialect.is_disconnect(exc, dbapi, cursor)
-                    if gone:
-                        proxy.invalidate(exc)
-                    if gone and attempt == 1 and _sqlstate(exc) in RETRYABLE_SQLSTATES:
-                        continue
-                    raise _translate(exc) from exc
-                finally:
-                    if not dbapi.closed:
-                        cursor.close()
+            proxy, dbapi, previous = self._checkout(engine)
+            cursor = dbapi.cursor()
+            try:
+                if fetch and self.json_loads is not None:
+                    _set_json_loads(dbapi, cursor, self.json_loads)
+                execute(dbapi, cursor, query, params)
+                if not fetch:
+                    return []
+                names = [column[0] for column in cursor.description]
+                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            except engine.dialect.loaded_dbapi.Error as exc:
+                gone = engine.dialect.is_disconnect(exc, dbapi, cursor)
+                if gone:
+                    proxy.invalidate(exc)
+                if gone and attempt == 1 and _sqlstate(exc) in RETRYABLE_SQLSTATES:
+                    continue
+                raise _translate(exc) from exc
+            finally:
+                if not dbapi.closed:
+                    cursor.close()
+                    dbapi.autocommit = previous
+                proxy.close()
         raise AssertionError("unreachable")
 
-    @contextmanager
-    def _checkout(self) -> Iterator[tuple[Any, Any]]:
-        """A pooled DBAPI connection in autocommit, put back as it was afterwards.
+    @staticmethod
+    def _checkout(engine: Engine) -> tuple[Any, Any, bool]:
+        """A pooled DBAPI connection switched to autocommit, and its previous setting;
+        `_run` puts both back.
 
         Autocommit makes a defer one round trip (no BEGIN/COMMIT). Flipping the driver's
         own `autocommit` attribute costs nothing, where SQLAlchemy's
         `isolation_level="AUTOCOMMIT"` option costs a round trip per checkout on psycopg2.
         Connections the server closed while they sat idle are skipped unused.
         """
-        engine = self.engine
         for _ in range(MAX_DISCARDS):
             try:
                 proxy = engine.raw_connection()
@@ -310,15 +314,9 @@ class SQLAlchemyPsycopg2Connector:
                 proxy.invalidate()  # the pool replaces it; no statement was sent
                 proxy.close()
                 continue
-            previous = dbapi.autocommit
+            previous = bool(dbapi.autocommit)
             dbapi.autocommit = True
-            try:
-                yield proxy, dbapi
-            finally:
-                if not dbapi.closed:
-                    dbapi.autocommit = previous
-                proxy.close()
-            return
+            return proxy, dbapi, previous
         raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     def execute(self, query: str, params: Params) -> None:
@@ -369,6 +367,19 @@ class SQLAlchemyPsycopgConnector(SQLAlchemyPsycopg2Connector):
     """
 
     driver = "psycopg"
+
+
+def _execute_text(dbapi: Any, cursor: Any, query: str, params: Params) -> None:
+    """psycopg 3 prepares the queries it runs often by itself."""
+    cursor.execute(query, params)
+
+
+def _execute_prepared(dbapi: Any, cursor: Any, query: str, params: Params) -> None:
+    """psycopg2 runs the hot queries as server-side prepared statements (see
+    `connectors.base.PreparedQuery`)."""
+    from ..connectors.psycopg2 import execute
+
+    execute(dbapi, cursor, query, params)
 
 
 def _sqlstate(exc: BaseException) -> str | None:

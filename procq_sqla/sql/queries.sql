@@ -3,32 +3,67 @@
 -- SQLAlchemy's exec_driver_sql alike. Values are always bound, never formatted in.
 
 -- name: defer_job --
--- Insert one job; the statement trigger announces it (NOTIFY at commit).
+-- Insert one job and announce it on channel procq_jobs (the NOTIFY is delivered at
+-- commit: inside a session, when the caller commits). RETURNING calls pg_notify for the
+-- one row, cheaper than a CTE around the INSERT.
 INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
 VALUES (%(queue)s, %(task_name)s, %(args)s::jsonb, %(priority)s, %(lock)s,
         %(queueing_lock)s, %(scheduled_at)s)
-RETURNING id
+RETURNING id, pg_notify('procq_jobs', queue) AS notified
 
 -- name: batch_defer_jobs --
 -- Insert many jobs of one task and options in one statement: the arguments come as one
 -- JSON array (parsed once by the server, no per-element array quoting); ids come back in
--- input order.
-INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
-SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
-       %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
-FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
-ORDER BY a.n
-RETURNING id, queueing_lock
+-- input order. One NOTIFY for the batch, only when a job was inserted.
+WITH jobs AS (
+    INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
+    SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
+           %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
+    FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
+    ORDER BY a.n
+    RETURNING id, queueing_lock
+), woken AS (
+    SELECT pg_notify('procq_jobs', %(queue)s::text) FROM (SELECT FROM jobs LIMIT 1) AS any_job
+)
+SELECT jobs.id, jobs.queueing_lock FROM jobs WHERE (SELECT count(*) FROM woken) >= 0
 
 -- name: batch_defer_jobs_skip_enqueued --
 -- The same, silently skipping jobs whose queueing lock already has a waiting job.
-INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
-SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
-       %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
-FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
-ORDER BY a.n
-ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
-RETURNING id, queueing_lock
+WITH jobs AS (
+    INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
+    SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
+           %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
+    FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
+    ORDER BY a.n
+    ON CONFLICT (queueing_lock) WHERE queueing_lock IS NOT NULL AND status = 'todo' DO NOTHING
+    RETURNING id, queueing_lock
+), woken AS (
+    SELECT pg_notify('procq_jobs', %(queue)s::text) FROM (SELECT FROM jobs LIMIT 1) AS any_job
+)
+SELECT jobs.id, jobs.queueing_lock FROM jobs WHERE (SELECT count(*) FROM woken) >= 0
+
+-- name: copy_jobs_start --
+-- A big batch without queueing lock goes in by COPY (many times faster than an INSERT of
+-- as many rows), in one transaction: first an id below every id the COPY will get.
+SELECT nextval(pg_get_serial_sequence('procq_jobs', 'id')) AS after_id
+
+-- name: copy_jobs --
+-- The COPY itself (text format; the columns of procq_sqla.jobs.copy_defer_data).
+COPY procq_jobs (queue, task_name, args, priority, lock, scheduled_at) FROM STDIN
+
+-- name: copy_jobs_ids --
+-- Then the ids the COPY got, in input order (the identity sequence hands them out row by
+-- row, increasing; rows other transactions inserted in that range have another xmin),
+-- and one NOTIFY for the batch.
+WITH woken AS (
+    SELECT pg_notify('procq_jobs', %(queue)s::text)
+)
+SELECT id FROM procq_jobs
+WHERE id > %(after_id)s
+  AND id <= (SELECT currval(pg_get_serial_sequence('procq_jobs', 'id')))
+  AND xmin = (SELECT pg_current_xact_id()::xid)
+  AND EXISTS (SELECT FROM woken)
+ORDER BY id
 
 -- name: claim_jobs --
 -- Template, expanded by procq_sqla/sql into claim_jobs_any_queue, claim_jobs_in_queue and
@@ -274,12 +309,16 @@ WITH ticks AS (
     SELECT task_name, periodic_id, defer_timestamp, job_id FROM ticks
     ON CONFLICT DO NOTHING
     RETURNING job_id
+), inserted AS (
+    INSERT INTO procq_jobs (id, queue, task_name, args, priority, lock, queueing_lock)
+    SELECT t.job_id, t.queue, t.task_name, t.args, t.priority, t.lock, t.queueing_lock
+    FROM ticks AS t JOIN claimed AS c ON c.job_id = t.job_id
+    ON CONFLICT (queueing_lock) WHERE queueing_lock IS NOT NULL AND status = 'todo' DO NOTHING
+    RETURNING id, queue, task_name, args
+), woken AS (
+    SELECT pg_notify('procq_jobs', q.queue) FROM (SELECT DISTINCT queue FROM inserted) AS q
 )
-INSERT INTO procq_jobs (id, queue, task_name, args, priority, lock, queueing_lock)
-SELECT t.job_id, t.queue, t.task_name, t.args, t.priority, t.lock, t.queueing_lock
-FROM ticks AS t JOIN claimed AS c ON c.job_id = t.job_id
-ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
-RETURNING id, task_name, args
+SELECT i.id, i.task_name, i.args FROM inserted AS i WHERE (SELECT count(*) FROM woken) >= 0
 
 -- name: prune_periodic_defers --
 -- Forget claimed ticks older than any worker would still defer (epoch seconds).

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 from procq_sqla import App, ConnectorError, PsycopgConnector, SyncPsycopgConnector
+from procq_sqla.manager import COPY_MIN_JOBS
 from procq_sqla.privileges import SEQUENCES, grant_script, grant_statements
 from procq_sqla.worker import Worker
 
@@ -129,15 +130,17 @@ def test_web_role_defers_and_manages_jobs_with_only_its_grants(
     with app.open():
         first = mail.defer(to="a@example.org")
         ids = mail.configure(queueing_lock="b").batch_defer({"to": "b"})
+        copied = mail.batch_defer(*({"to": f"c{i}"} for i in range(COPY_MIN_JOBS)))  # by COPY
         manager = app.job_manager
         assert manager.get_job(first).args == {"to": "a@example.org"}
         assert manager.cancel(first) is True
         assert manager.retry(first) is True
-        assert len(manager.list_jobs(task_name="mail")) == 2
+        assert len(manager.list_jobs(task_name="mail", limit=5000)) == 2 + COPY_MIN_JOBS
         report = manager.health()
         assert report.schema_present and not report.missing_revisions
     rows = db.execute("SELECT id, status FROM procq_jobs ORDER BY id").fetchall()
-    assert [(r["id"], r["status"]) for r in rows] == [(first, "todo"), (ids[0], "todo")]
+    assert [(r["id"], r["status"]) for r in rows[:2]] == [(first, "todo"), (ids[0], "todo")]
+    assert [r["id"] for r in rows[2:]] == copied
 
 
 async def test_worker_role_runs_jobs_rescues_and_defers_periodic_ticks(
@@ -195,7 +198,8 @@ SCHEMA_CHANGES = (
     "ALTER TABLE procq_workers RENAME TO w",
     "TRUNCATE procq_periodic_defers",
     "DROP FUNCTION procq_notify_new_jobs() CASCADE",
-    "DROP TRIGGER procq_jobs_notify_insert ON procq_jobs",
+    "CREATE TRIGGER sneaky AFTER INSERT ON procq_jobs"
+    " FOR EACH STATEMENT EXECUTE FUNCTION procq_notify_new_jobs()",
     "CREATE TABLE procq_extra (id integer)",
     "CREATE INDEX ON procq_jobs (queue)",
 )
