@@ -23,8 +23,12 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
-def expand_claim_queries(queries: dict[str, str]) -> dict[str, str]:
-    """The three claim queries from the one `claim_jobs` template and its fragments."""
+def expand_templates(queries: dict[str, str]) -> dict[str, str]:
+    """The three claim queries from the one `claim_jobs` template and its fragments, and
+    the skipping batch insert from `batch_defer_jobs`."""
+    queries["batch_defer_jobs_skip_enqueued"] = queries["batch_defer_jobs"].replace(
+        "/*on_conflict*/", queries["batch_defer_on_conflict"]
+    )
     template = queries["claim_jobs"]
     lock = queries["claim_filter_lock_queues"]
     variants = {
@@ -42,7 +46,7 @@ def expand_claim_queries(queries: dict[str, str]) -> dict[str, str]:
 @cache
 def load_queries() -> dict[str, str]:
     text = resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
-    return expand_claim_queries(parse_queries(text))
+    return expand_templates(parse_queries(text))
 
 
 class _Queries:

@@ -14,33 +14,25 @@ RETURNING id, pg_notify('procq_jobs', queue) AS notified
 -- name: batch_defer_jobs --
 -- Insert many jobs of one task and options in one statement: the arguments come as one
 -- JSON array (parsed once by the server, no per-element array quoting); ids come back in
--- input order. One NOTIFY for the batch, only when a job was inserted.
+-- input order. One NOTIFY for the batch, only when a job was inserted. A template too:
+-- batch_defer_jobs_skip_enqueued puts batch_defer_on_conflict at /*on_conflict*/.
 WITH jobs AS (
     INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
     SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
            %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
     FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
     ORDER BY a.n
+    /*on_conflict*/
     RETURNING id, queueing_lock
 ), woken AS (
     SELECT pg_notify('procq_jobs', %(queue)s::text) FROM (SELECT FROM jobs LIMIT 1) AS any_job
 )
 SELECT jobs.id, jobs.queueing_lock FROM jobs WHERE (SELECT count(*) FROM woken) >= 0
 
--- name: batch_defer_jobs_skip_enqueued --
--- The same, silently skipping jobs whose queueing lock already has a waiting job.
-WITH jobs AS (
-    INSERT INTO procq_jobs (queue, task_name, args, priority, lock, queueing_lock, scheduled_at)
-    SELECT %(queue)s::text, %(task_name)s::text, a.value, %(priority)s::integer, %(lock)s::text,
-           %(queueing_lock)s::text, %(scheduled_at)s::timestamptz
-    FROM jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS a(value, n)
-    ORDER BY a.n
-    ON CONFLICT (queueing_lock) WHERE queueing_lock IS NOT NULL AND status = 'todo' DO NOTHING
-    RETURNING id, queueing_lock
-), woken AS (
-    SELECT pg_notify('procq_jobs', %(queue)s::text) FROM (SELECT FROM jobs LIMIT 1) AS any_job
-)
-SELECT jobs.id, jobs.queueing_lock FROM jobs WHERE (SELECT count(*) FROM woken) >= 0
+-- name: batch_defer_on_conflict --
+-- For batch_defer_jobs_skip_enqueued: silently skip the jobs whose queueing lock already
+-- has a waiting job.
+ON CONFLICT (queueing_lock) WHERE queueing_lock IS NOT NULL AND status = 'todo' DO NOTHING
 
 -- name: copy_jobs_start --
 -- A big batch without queueing lock goes in by COPY (many times faster than an INSERT of

@@ -30,6 +30,17 @@ def shape(url: str) -> tuple[set[str], dict[str, str]]:
     return triggers, predicates
 
 
+def notified_by_a_hand_insert(url: str, queue: str, wait: float) -> list[str]:
+    """The NOTIFY payloads a listener gets for one row inserted by plain SQL."""
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        psycopg.connect(url, autocommit=True) as listen,
+    ):
+        listen.execute("LISTEN procq_jobs")
+        conn.execute("INSERT INTO procq_jobs (queue, task_name) VALUES (%s, 't')", (queue,))
+        return [n.payload for n in listen.notifies(timeout=wait, stop_after=1)]
+
+
 def test_head_has_no_trigger_and_lean_partial_indexes(empty_db_url: str) -> None:
     url = sqlalchemy_url(empty_db_url)
     migrations.upgrade(url)
@@ -39,13 +50,7 @@ def test_head_has_no_trigger_and_lean_partial_indexes(empty_db_url: str) -> None
         "procq_jobs_queueing_lock_idx": "((queueing_lock IS NOT NULL) AND (status = 'todo'::text))",
         "procq_jobs_lock_doing_idx": "((lock IS NOT NULL) AND (status = 'doing'::text))",
     }
-    with (
-        psycopg.connect(empty_db_url, autocommit=True) as conn,
-        psycopg.connect(empty_db_url, autocommit=True) as listen,
-    ):
-        listen.execute("LISTEN procq_jobs")
-        conn.execute("INSERT INTO procq_jobs (task_name) VALUES ('by hand')")
-        assert list(listen.notifies(timeout=0.3, stop_after=1)) == []  # found by polling
+    assert notified_by_a_hand_insert(empty_db_url, "new", 0.3) == []  # found by polling
 
 
 def test_downgrade_restores_the_trigger_and_indexes(empty_db_url: str) -> None:
@@ -58,12 +63,6 @@ def test_downgrade_restores_the_trigger_and_indexes(empty_db_url: str) -> None:
         "procq_jobs_queueing_lock_idx": "(status = 'todo'::text)",
         "procq_jobs_lock_doing_idx": "(status = 'doing'::text)",
     }
-    with (
-        psycopg.connect(empty_db_url, autocommit=True) as conn,
-        psycopg.connect(empty_db_url, autocommit=True) as listen,
-    ):
-        listen.execute("LISTEN procq_jobs")
-        conn.execute("INSERT INTO procq_jobs (queue, task_name) VALUES ('old', 't')")
-        assert [n.payload for n in listen.notifies(timeout=1.0, stop_after=1)] == ["old"]
+    assert notified_by_a_hand_insert(empty_db_url, "old", 1.0) == ["old"]
     migrations.upgrade(url)
     assert shape(empty_db_url)[0] == set()
