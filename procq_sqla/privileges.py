@@ -39,8 +39,8 @@ SEQUENCES: dict[Kind, tuple[str, ...]] = {
     "web": ("procq_jobs_id_seq",),
     "worker": ("procq_jobs_id_seq", "procq_workers_id_seq"),
 }
-# The AFTER INSERT trigger's function (EXECUTE is PUBLIC by default; granted in case the
-# owner revoked that).
+# The function of procq_0001's AFTER INSERT trigger, unused since procq_0002 (whose
+# statements NOTIFY themselves) but kept, so grant scripts written for procq_0001 apply.
 FUNCTIONS = ("procq_notify_new_jobs",)  # no arguments
 
 
