@@ -189,7 +189,8 @@ WHERE j.id = o.id AND j.status = 'doing' AND j.worker_id = %(worker_id)s
 -- name: release_jobs --
 -- Give back jobs a worker claimed ahead but never started: they wait again as if never
 -- claimed (the attempt counted at claim is undone) and workers are woken. One that finds
--- a newer job of its queueing lock waiting is cancelled instead: that job does the work.
+-- a newer job of its queueing lock waiting is cancelled instead (never having run): that
+-- job does the work.
 WITH outcome AS MATERIALIZED (
     SELECT j.id,
            (j.queueing_lock IS NOT NULL AND (
@@ -203,8 +204,8 @@ WITH outcome AS MATERIALIZED (
 ), updated AS (
     UPDATE procq_jobs AS j
     SET status = CASE WHEN o.collides THEN 'cancelled' ELSE 'todo' END,
-        attempts = CASE WHEN o.collides THEN j.attempts ELSE j.attempts - 1 END,
-        started_at = CASE WHEN o.collides THEN j.started_at END,
+        attempts = j.attempts - 1,
+        started_at = NULL,
         finished_at = CASE WHEN o.collides THEN now() END,
         last_error = CASE WHEN o.collides
                           THEN 'not run: another job with the same queueing lock is waiting'

@@ -279,3 +279,30 @@ async def test_a_worker_declared_dead_drops_the_jobs_it_claimed_ahead(
     assert {r["last_error"] for r in ahead} == {
         f"worker {first_id} died before this job claimed ahead was known to start"
     }
+
+
+async def test_a_job_given_back_defers_to_a_newer_one_of_its_queueing_lock(
+    async_app: App, db: Any
+) -> None:
+    line = await line_behind_a_hold(async_app, 3)
+    quick = async_app.tasks["quick"]
+    ahead = await quick.configure(queueing_lock="q").defer_async(i=100)
+    async with running_worker(async_app, concurrency=1) as worker:
+        worker.give_back_after = 60.0  # only the stop gives them back
+        doing = "SELECT count(*) FROM procq_jobs WHERE status = 'doing'"
+        assert await wait_until(db, doing, 5) == 5  # `hold` runs, 4 wait in the worker
+        newer = await quick.configure(queueing_lock="q").defer_async(i=101)  # allowed
+        worker.stop()
+        back = "SELECT count(*) FROM procq_jobs WHERE status = 'todo'"
+        assert await wait_until(db, back, 4) == 4  # 3 given back, and the newer one
+        line.release.set()
+    rows = {
+        r["id"]: r for r in db.execute("SELECT id, status, attempts, last_error FROM procq_jobs")
+    }
+    assert (rows[ahead]["status"], rows[ahead]["attempts"]) == ("cancelled", 0)
+    assert rows[ahead]["last_error"] == (
+        "not run: another job with the same queueing lock is waiting"
+    )
+    assert (rows[newer]["status"], rows[newer]["attempts"]) == ("todo", 0)
+    assert [rows[i]["attempts"] for i in line.later] == [0, 0, 0]
+    assert 100 not in line.ran and 101 not in line.ran
