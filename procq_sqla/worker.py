@@ -1,10 +1,12 @@
 """The worker: claim → run → record, in small steps, with batching on both ends.
 
-One loop claims as many jobs as there are free slots in one statement; each job runs as
-an asyncio task (`def` tasks in a thread pool, never blocking the loop); outcomes are
-queued and written by a flusher in one statement per batch, so under load a batch grows
-by itself while the previous one is being written, and at rest an outcome is written at
-once. Side tasks (LISTEN, heartbeat + rescue of dead workers' jobs, abort polling) are
+One loop claims the free slots in one statement, and while jobs are short a lead of
+claimed jobs beyond them (given back when they stop being short); each slot is one
+asyncio task running job after job (`def` jobs handed to a pool thread a few at a time,
+never blocking the loop); outcomes are queued and written by a flusher in one statement
+per batch, so under load a batch grows by itself while the previous one is being
+written, and at rest an outcome is written at once. Side tasks (LISTEN, heartbeat +
+rescue of dead workers' jobs, abort polling, start marks of jobs claimed ahead) are
 supervised for the whole life of the worker: a database outage is logged, backed off
 and survived, never fatal.
 """
