@@ -1,4 +1,4 @@
-"""Polling the database from a test while a worker runs beside it."""
+"""Looking at the jobs table from a test: counting rows, and polling while a worker runs."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ async def wait_for_status(db: Any, job_id: int, status: str, timeout: float = 10
     """Poll a job's status until it is `status`; returns the last one seen."""
     query = "SELECT status FROM procq_jobs WHERE id = %s"
     return str(await wait_until(db, query, status, params=(job_id,), timeout=timeout))
+
+
+def count_jobs(db: Any, status: str | None = None) -> int:
+    """Rows in procq_jobs, of one status or all."""
+    if status is None:
+        row = db.execute("SELECT count(*) AS n FROM procq_jobs").fetchone()
+    else:
+        row = db.execute("SELECT count(*) AS n FROM procq_jobs WHERE status = %s", (status,))
+        row = row.fetchone()
+    return int(row["n"])

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from polling import count_jobs
 
 from procq_sqla import (
     App,
@@ -17,10 +18,6 @@ from procq_sqla import (
     WrongConnector,
 )
 from procq_sqla.exceptions import InvalidOption
-
-
-def count_jobs(db: Any) -> int:
-    return int(db.execute("SELECT count(*) AS n FROM procq_jobs").fetchone()["n"])
 
 
 def test_missing_schema_says_how_to_migrate(empty_db_url: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from polling import count_jobs
 from psycopg import sql
 
 from procq_sqla import (
@@ -31,10 +32,6 @@ from procq_sqla.privileges import grant_statements
 from procq_sqla.worker import Worker
 
 TIMEOUT = 1.0
-
-
-def count_jobs(db: Any) -> int:
-    return int(db.execute("SELECT count(*) AS n FROM procq_jobs").fetchone()["n"])
 
 
 # -- the pool exhausted ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ import psycopg2
 import psycopg2.pool
 import psycopg_pool
 import pytest
+from polling import count_jobs
 
 from procq_sqla import (
     AiopgConnector,
@@ -62,15 +63,6 @@ def set_libpq_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
             monkeypatch.setenv(names[key], str(value))
     if "PGPORT" not in {names[k] for k in conninfo_kwargs(url) if k in names}:
         monkeypatch.delenv("PGPORT", raising=False)
-
-
-def count_jobs(db: Any, status: str | None = None) -> int:
-    if status is None:
-        row = db.execute("SELECT count(*) AS n FROM procq_jobs").fetchone()
-    else:
-        row = db.execute("SELECT count(*) AS n FROM procq_jobs WHERE status = %s", (status,))
-        row = row.fetchone()
-    return int(row["n"])
 
 
 # -- three ways to give parameters ---------------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from polling import count_jobs
 
 import procq_sqla
 from procq_sqla import App, ConnectorError, JobArgumentsError, SyncPsycopgConnector
@@ -113,10 +114,6 @@ WRAPPERS: list[Callable[[Any], Any]] = [
     lambda v: {"inner": v},
     lambda v: [1, {"a": [None, v]}, "z"],
 ]
-
-
-def count_jobs(db: Any) -> int:
-    return int(db.execute("SELECT count(*) AS n FROM procq_jobs").fetchone()["n"])
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import create_database, drop_database
+from polling import count_jobs
 from sqlalchemy import Engine, String, create_engine, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
@@ -87,10 +88,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
         assert time.monotonic() - start < timeout, "timed out waiting"
         time.sleep(0.01)
     return time.monotonic() - start
-
-
-def count_jobs(db: Any) -> int:
-    return int(db.execute("SELECT count(*) AS n FROM procq_jobs").fetchone()["n"])
 
 
 def count_orders(db: Any) -> int:
