@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from cli_support import APP, one_line_error, procq, start_procq
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -33,13 +34,16 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_one_shot_worker_runs_every_waiting_job_and_exits_0(db_url: str, db: Conn) -> None:
+@pytest.mark.parametrize("claim_ahead", ["--claim-ahead", "--no-claim-ahead"])
+def test_one_shot_worker_runs_every_waiting_job_and_exits_0(
+    db_url: str, db: Conn, claim_ahead: str
+) -> None:
     ids = [insert_job(db, "add", {"a": i, "b": 1}) for i in range(3)]
     slow = insert_job(db, "sleep", {"seconds": 0.01}, queue="slow")
     result = procq(
         "--app", APP, "worker", "--one-shot", "-c", "2", "--no-listen-notify",
         "--fetch-job-polling-interval", "0.2", "--abort-job-polling-interval", "1",
-        "--shutdown-graceful-timeout", "5", "--delete-jobs", "never",
+        "--shutdown-graceful-timeout", "5", "--delete-jobs", "never", claim_ahead,
         db_url=db_url,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
