@@ -63,6 +63,9 @@ MAX_CLAIM_AHEAD = 200
 # Jobs claimed ahead go back to the queue when no slot took one for this long (the jobs
 # turned out long): another worker may be idle.
 GIVE_BACK_AFTER = 0.1
+# How long a stopping worker tries to give back its jobs claimed ahead (in an outage the
+# rescue does it later).
+RELEASE_AT_STOP_TIMEOUT = 5.0
 # A job claimed ahead has no started_at until its outcome is written; one still running
 # after MARK_STARTED_AFTER s gets it then, so that a rescue knows it had started.
 MARK_STARTED_AFTER = 0.1
@@ -292,7 +295,13 @@ class Worker:
 
     async def _shutdown(self, side: list[asyncio.Task[Any]]) -> None:
         self._stopping = True
-        await self._release_ready()  # others may start them while we finish ours
+        try:  # others may start them while we finish ours; in an outage, not for long
+            await asyncio.wait_for(self._release_ready(), RELEASE_AT_STOP_TIMEOUT)
+        except TimeoutError:
+            logger.warning(
+                "could not give back the jobs claimed ahead in time; they will be rescued "
+                "once this worker's heartbeat expires"
+            )
         if self._running:
             await self._wait_for_running()
         for task in side:
