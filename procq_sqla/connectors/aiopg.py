@@ -23,6 +23,7 @@ import psycopg2.sql
 
 from ..exceptions import AppNotOpen, ConnectorError
 from .base import (
+    ALL_DEAD,
     AsyncQueryMethods,
     JSONDumps,
     JSONLoads,
@@ -152,7 +153,7 @@ class AiopgConnector(AsyncQueryMethods):
                     ) from exc
                 finally:
                     await pool.release(conn)
-        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+        raise ConnectorError(ALL_DEAD)
 
     async def _statement(self, conn: Any, query: str, params: Params, fetch: str) -> Any:
         async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:

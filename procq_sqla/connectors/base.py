@@ -191,6 +191,10 @@ COPY_MISMATCH = (
 )
 
 
+# When a pool hands out only dead connections (each is closed and replaced in turn).
+ALL_DEAD = "every pooled connection was dead: is PostgreSQL restarting?"
+
+
 class LockRace(ConnectorError):
     """Another worker claimed a job of the same lock at the same instant; claim again."""
 

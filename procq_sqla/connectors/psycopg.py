@@ -29,6 +29,7 @@ from psycopg.types.json import set_json_loads
 from ..database import mask_password
 from ..exceptions import AppNotOpen, ConnectorError
 from .base import (
+    ALL_DEAD,
     COPY_MISMATCH,
     RETRYABLE_SQLSTATES,
     AsyncQueryMethods,
@@ -228,18 +229,27 @@ class PsycopgConnector(AsyncQueryMethods):
             raise AppNotOpen()
         return self._pool
 
-    async def _run(self, query: str, params: Params, fetch: str) -> Any:
-        # getconn/putconn rather than pool.connection(): no context manager and no
-        # commit() call on our autocommit connections (this is every defer's path)
-        retried = False
+    async def _checkout(
+        self,
+    ) -> tuple[psycopg_pool.AsyncConnectionPool[Any], psycopg.AsyncConnection[Any]]:
+        """A live connection and its pool (dead ones are closed: the pool replaces them);
+        the caller puts it back. getconn/putconn rather than pool.connection(): no
+        context manager and no commit() on our autocommit connections (every defer)."""
+        pool = self.pool
         for _ in range(MAX_DISCARDS):
+            conn = await pool.getconn()
+            if not is_dead(conn):
+                return pool, conn
+            await conn.close()
+            await pool.putconn(conn)
+        raise ConnectorError(ALL_DEAD)
+
+    async def _run(self, query: str, params: Params, fetch: str) -> Any:
+        retried = False
+        while True:
             with wrap_exceptions(self._secrets):
-                pool = self.pool
-                conn = await pool.getconn()
+                pool, conn = await self._checkout()
                 try:
-                    if is_dead(conn):
-                        await conn.close()  # the pool replaces it
-                        continue
                     return await run_statement_async(conn, query, params, fetch, self.json_loads)
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
@@ -248,35 +258,29 @@ class PsycopgConnector(AsyncQueryMethods):
                     raise
                 finally:
                     await pool.putconn(conn)
-        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     async def copy_in_async(self, plan: CopyPlan) -> list[Any]:
         """Run a `CopyPlan` (big batch defers) on one pooled connection."""
         with wrap_exceptions(self._secrets):
-            pool = self.pool
-            for _ in range(MAX_DISCARDS):
-                conn = await pool.getconn()
-                try:
-                    if is_dead(conn):
-                        await conn.close()  # the pool replaces it
-                        continue
-                    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            pool, conn = await self._checkout()
+            try:
+                async with conn.transaction():  # a mismatch below rolls the COPY back
+                    async with conn.cursor(row_factory=dict_row) as cur:
                         await cur.execute(plan.before, plan.params)
                         first = await cur.fetchone() or {}
                         async with cur.copy(plan.copy) as copy:
                             for chunk in plan.data:
                                 await copy.write(chunk)
-                        cur.row_factory = tuple_row
-                        await cur.execute(plan.after, {**plan.params, **first})
-                        rows = await cur.fetchall()
-                        if len(rows) != plan.expected:
-                            raise ConnectorError(
-                                COPY_MISMATCH.format(expected=plan.expected, got=len(rows))
-                            )
-                    return [row[0] for row in rows]
-                finally:
-                    await pool.putconn(conn)
-        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+                    async with conn.cursor(row_factory=tuple_row) as ids:  # no dict per id
+                        await ids.execute(plan.after, {**plan.params, **first})
+                        rows = await ids.fetchall()
+                    if len(rows) != plan.expected:
+                        raise ConnectorError(
+                            COPY_MISMATCH.format(expected=plan.expected, got=len(rows))
+                        )
+                return [row[0] for row in rows]
+            finally:
+                await pool.putconn(conn)
 
     async def listen(
         self,

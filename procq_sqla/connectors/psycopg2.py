@@ -25,6 +25,7 @@ import psycopg2.pool
 
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 from .base import (
+    ALL_DEAD,
     PREPARED_QUERIES,
     JSONDumps,
     JSONLoads,
@@ -229,7 +230,7 @@ class Psycopg2Connector(SyncQueryMethods):
                     return run_statement(conn, query, params, fetch, self.json_loads)
                 finally:
                     pool.putconn(conn, close=bool(conn.closed))
-        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+        raise ConnectorError(ALL_DEAD)
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="Psycopg2Connector"))

@@ -19,6 +19,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 from .base import (
+    ALL_DEAD,
     COPY_MISMATCH,
     CopyPlan,
     JSONDumps,
@@ -149,18 +150,25 @@ class SyncPsycopgConnector(SyncQueryMethods):
         assert self._pool is not None
         return self._pool
 
-    def _run(self, query: str, params: Params, fetch: str) -> Any:
-        # getconn/putconn rather than pool.connection(): no context manager and no
-        # commit() call on our autocommit connections (this is every defer's path)
-        retried = False
+    def _checkout(self) -> tuple[psycopg_pool.ConnectionPool[Any], psycopg.Connection[Any]]:
+        """A live connection and its pool (dead ones are closed: the pool replaces them);
+        the caller puts it back. getconn/putconn rather than pool.connection(): no
+        context manager and no commit() on our autocommit connections (every defer)."""
+        pool = self.pool
         for _ in range(MAX_DISCARDS):
+            conn = pool.getconn()
+            if not is_dead(conn):
+                return pool, conn
+            conn.close()
+            pool.putconn(conn)
+        raise ConnectorError(ALL_DEAD)
+
+    def _run(self, query: str, params: Params, fetch: str) -> Any:
+        retried = False
+        while True:
             with wrap_exceptions(self._secrets):
-                pool = self.pool
-                conn = pool.getconn()
+                pool, conn = self._checkout()
                 try:
-                    if is_dead(conn):
-                        conn.close()  # the pool replaces it
-                        continue
                     return run_statement(conn, query, params, fetch, self.json_loads)
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
@@ -169,33 +177,27 @@ class SyncPsycopgConnector(SyncQueryMethods):
                     raise
                 finally:
                     pool.putconn(conn)
-        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
 
     def copy_in(self, plan: CopyPlan) -> list[Any]:
         """Run a `CopyPlan` (big batch defers) on one pooled connection."""
         with wrap_exceptions(self._secrets):
-            pool = self.pool
-            for _ in range(MAX_DISCARDS):
-                conn = pool.getconn()
-                try:
-                    if is_dead(conn):
-                        conn.close()  # the pool replaces it
-                        continue
-                    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            pool, conn = self._checkout()
+            try:
+                with conn.transaction():  # a mismatch below rolls the COPY back
+                    with conn.cursor(row_factory=dict_row) as cur:
                         first = cur.execute(plan.before, plan.params).fetchone() or {}
                         with cur.copy(plan.copy) as copy:
                             for chunk in plan.data:
                                 copy.write(chunk)
-                        cur.row_factory = tuple_row
-                        rows = cur.execute(plan.after, {**plan.params, **first}).fetchall()
-                        if len(rows) != plan.expected:
-                            raise ConnectorError(
-                                COPY_MISMATCH.format(expected=plan.expected, got=len(rows))
-                            )
-                    return [row[0] for row in rows]
-                finally:
-                    pool.putconn(conn)
-        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+                    with conn.cursor(row_factory=tuple_row) as ids:  # no dict per id
+                        rows = ids.execute(plan.after, {**plan.params, **first}).fetchall()
+                    if len(rows) != plan.expected:
+                        raise ConnectorError(
+                            COPY_MISMATCH.format(expected=plan.expected, got=len(rows))
+                        )
+                return [row[0] for row in rows]
+            finally:
+                pool.putconn(conn)
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="SyncPsycopgConnector"))

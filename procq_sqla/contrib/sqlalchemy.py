@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, scoped_session
 
 from ..connectors.base import (
+    ALL_DEAD,
     RETRYABLE_SQLSTATES,
     JSONDumps,
     JSONLoads,
@@ -317,7 +318,7 @@ class SQLAlchemyPsycopg2Connector:
             previous = bool(dbapi.autocommit)
             dbapi.autocommit = True
             return proxy, dbapi, previous
-        raise ConnectorError("every pooled connection was dead: is PostgreSQL restarting?")
+        raise ConnectorError(ALL_DEAD)
 
     def execute(self, query: str, params: Params) -> None:
         self._run(query, params, fetch=False)
