@@ -72,6 +72,7 @@ MARK_STARTED_AFTER = 0.1
 # A slot hands its thread up to this many claimed `def` jobs at once (one hand-over and
 # one wake-up of the event loop per run of jobs, not per job).
 MAX_THREAD_RUN = 16
+NEVER_STARTED_ABORT = "aborted on request before it started"
 
 
 @dataclass(slots=True)
@@ -417,16 +418,9 @@ class Worker:
         at the pace seen so far (a job running long right now counts as the pace)."""
         if self._avg_run is None or not self.claim_ahead:
             return 0
-        pace = self._avg_run
-        if self._running:
-            now = time.perf_counter()
-            pace = max(
-                pace,
-                max(
-                    (now - c.run_started for _, c in self._running.values() if c.run_started),
-                    default=0.0,
-                ),
-            )
+        now = time.perf_counter()
+        running = (now - c.run_started for _, c in self._running.values() if c.run_started)
+        pace = max(self._avg_run, max(running, default=0.0))
         if pace <= 0:
             return MAX_CLAIM_AHEAD
         return min(MAX_CLAIM_AHEAD, int(self.concurrency * CLAIM_AHEAD_HORIZON / pace))
@@ -523,18 +517,21 @@ class Worker:
             self._running[job.id] = (runner, context)
             taken.append((job, task, context))
         if taken:
-            self._last_take = time.monotonic()
-            if len(self._ready) <= self._low_water:
-                self._wake.set()
+            self._took()
         return taken
+
+    def _took(self) -> None:
+        """Jobs left the line: note when (for the give-back), and claim again when the
+        line runs low."""
+        self._last_take = time.monotonic()
+        if len(self._ready) <= self._low_water:
+            self._wake.set()
 
     def _take(self) -> tuple[Job, Task[..., Any]] | None:
         """The next claimed job and its task; a job of an unknown task fails at once."""
         while self._ready:
             job = self._ready.popleft()
-            self._last_take = time.monotonic()
-            if len(self._ready) <= self._low_water:
-                self._wake.set()
+            self._took()
             task = self.app.tasks.get(job.task_name)
             if task is not None:
                 return job, task
@@ -641,7 +638,7 @@ class Worker:
         for job, _, _ in reversed(run.jobs[run.stop() :]):
             _, context = self._running.pop(job.id)
             if context.should_abort():
-                self._record(Outcome(job, "aborted", "aborted on request before it started"))
+                self._record(Outcome(job, "aborted", NEVER_STARTED_ABORT))
             else:
                 self._ready.appendleft(job)
         self._fill_slots()
@@ -882,7 +879,7 @@ class Worker:
                     job_id,
                     extra=self._job_extra(job, "job_aborting"),
                 )
-                self._record(Outcome(job, "aborted", "aborted on request before it started"))
+                self._record(Outcome(job, "aborted", NEVER_STARTED_ABORT))
                 return
 
     async def _mark_started_loop(self) -> None:
