@@ -14,6 +14,11 @@ CUT_OTHERS = (
     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
 )
 
+LISTENING = (
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND query ILIKE 'LISTEN%%'"
+)
+
 
 async def test_connections_cut_mid_task_lose_no_outcome(async_app: App, db: Any) -> None:
     runs: dict[str, int] = {}
@@ -30,9 +35,11 @@ async def test_connections_cut_mid_task_lose_no_outcome(async_app: App, db: Any)
     async def after(i: int) -> None:
         runs[f"after{i}"] = runs.get(f"after{i}", 0) + 1
 
-    await cutter.defer_async(name="before")
-    await cutter.defer_async(name="cut")
     async with running_worker(async_app, concurrency=2) as worker:
+        # the cut must find the LISTEN connection as well as the pool's
+        assert await wait_until(db, LISTENING, 1) == 1
+        await cutter.defer_async(name="before")
+        await cutter.defer_async(name="cut")
         cut_done = "SELECT status FROM procq_jobs WHERE args->>'name' = 'cut'"
         assert await wait_until(db, cut_done, "succeeded") == "succeeded"
         # deferred after the cut: NOTIFY works again, or the polling finds them
