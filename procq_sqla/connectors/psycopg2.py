@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -38,9 +39,13 @@ from .base import (
     has_unread_input,
     translate_error,
 )
+from .spare import Spare
 from .sync_psycopg import WRONG_WORKER
 
 MAX_DISCARDS = 32
+
+# A pooled connection with the pool and the semaphore slot it holds.
+PoolLease = tuple[psycopg2.pool.ThreadedConnectionPool, threading.BoundedSemaphore, Any]
 
 
 @contextmanager
@@ -156,6 +161,7 @@ class Psycopg2Connector(SyncQueryMethods):
         self._owns_pool = False
         self._slots = threading.BoundedSemaphore(maxconn)
         self._lock = threading.Lock()
+        self._spare: Spare[PoolLease] = Spare(_put_back, "Psycopg2Connector")
 
     def __repr__(self) -> str:
         others = {k: v for k, v in self.kwargs.items() if k != "dsn"}
@@ -191,6 +197,7 @@ class Psycopg2Connector(SyncQueryMethods):
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+        self._spare.release()
         if pool is not None and self._owns_pool:
             pool.closeall()
 
@@ -203,34 +210,59 @@ class Psycopg2Connector(SyncQueryMethods):
         assert self._pool is not None
         return self._pool
 
-    @contextmanager
-    def _slot(self) -> Iterator[None]:
-        slots = self._slots  # the one we acquire is the one we release, across a reopen
+    def _checkout(self) -> tuple[PoolLease, float]:
+        """A live connection with its pool and semaphore slot, and when it left the
+        pool: the spare one of the last statement if there is one, else one from the
+        pool (dead ones are discarded). The caller hands it to `_check_in`."""
+        spare = self._spare.take()
+        if spare is not None:
+            lease, since = spare
+            if lease[0] is self._pool and not is_dead(lease[2]):
+                return lease, since
+            _put_back(lease, close=True)
+        pool, slots = self.pool, self._slots  # the slot we take is the one we release
         if not slots.acquire(timeout=self.timeout):
             raise ConnectorError(
                 f"no database connection became available in {self.timeout:g} s: "
                 "raise Psycopg2Connector's maxconn or timeout"
             )
         try:
-            yield
-        finally:
-            slots.release()
-
-    def _run(self, query: str, params: Params, fetch: str) -> Any:
-        pool = self.pool
-        with self._slot(), wrap_exceptions(self._secrets):
             for _ in range(MAX_DISCARDS):
                 conn = pool.getconn()
-                if is_dead(conn):
-                    pool.putconn(conn, close=True)
-                    continue
-                try:
+                if not is_dead(conn):
                     if self._owns_pool and not conn.autocommit:
                         conn.autocommit = True  # one round trip per statement, no BEGIN
-                    return run_statement(conn, query, params, fetch, self.json_loads)
-                finally:
-                    pool.putconn(conn, close=bool(conn.closed))
+                    return (pool, slots, conn), time.monotonic()
+                pool.putconn(conn, close=True)
+        except BaseException:
+            slots.release()
+            raise
+        slots.release()
         raise ConnectorError(ALL_DEAD)
+
+    def _check_in(self, lease: PoolLease, since: float) -> None:
+        """Keep a clean connection as the spare, else give it back to its pool."""
+        conn = lease[2]
+        clean = not conn.closed and conn.status == psycopg2.extensions.STATUS_READY
+        if not (clean and self._spare.keep(lease, since)):
+            _put_back(lease)
+
+    def _run(self, query: str, params: Params, fetch: str) -> Any:
+        with wrap_exceptions(self._secrets):
+            lease, since = self._checkout()
+            try:
+                return run_statement(lease[2], query, params, fetch, self.json_loads)
+            finally:
+                self._check_in(lease, since)
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="Psycopg2Connector"))
+
+
+def _put_back(lease: PoolLease, *, close: bool = False) -> None:
+    """Return a connection to its pool (closed when dead) and free its slot."""
+    pool, slots, conn = lease
+    try:
+        pool.putconn(conn, close=close or bool(conn.closed))
+    finally:
+        slots.release()

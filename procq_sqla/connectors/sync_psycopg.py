@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,9 @@ from .psycopg import (
     prepare_cursor,
     wrap_exceptions,
 )
+from .spare import Spare
+
+PoolLease = tuple["psycopg_pool.ConnectionPool[Any]", "psycopg.Connection[Any]"]
 
 SyncPoolFactory = Callable[..., psycopg_pool.ConnectionPool[Any]]
 
@@ -104,6 +108,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._owns_pool = False
         self._lock = threading.Lock()
+        self._spare: Spare[PoolLease] = Spare(_put_back, "SyncPsycopgConnector")
 
     def __repr__(self) -> str:
         return describe("SyncPsycopgConnector", self.conninfo, self.kwargs)
@@ -138,6 +143,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+        self._spare.release()
         if pool is not None and self._owns_pool:
             pool.close()
 
@@ -150,38 +156,53 @@ class SyncPsycopgConnector(SyncQueryMethods):
         assert self._pool is not None
         return self._pool
 
-    def _checkout(self) -> tuple[psycopg_pool.ConnectionPool[Any], psycopg.Connection[Any]]:
-        """A live connection and its pool (dead ones are closed: the pool replaces them);
-        the caller puts it back. getconn/putconn rather than pool.connection(): no
-        context manager and no commit() on our autocommit connections (every defer)."""
+    def _checkout(self) -> tuple[PoolLease, float]:
+        """A live connection with its pool, and when it left the pool: the spare one of
+        the last statement if there is one, else one from the pool (dead ones are
+        closed: the pool replaces them). The caller hands it to `_check_in`.
+        getconn/putconn rather than pool.connection(): no context manager and no
+        commit() on our autocommit connections (every defer)."""
+        spare = self._spare.take()
+        if spare is not None:
+            (pool, conn), since = spare
+            if pool is self._pool and not is_dead(conn):
+                return (pool, conn), since
+            _put_back((pool, conn), close=True)
         pool = self.pool
         for _ in range(MAX_DISCARDS):
             conn = pool.getconn()
             if not is_dead(conn):
-                return pool, conn
-            conn.close()
-            pool.putconn(conn)
+                return (pool, conn), time.monotonic()
+            _put_back((pool, conn), close=True)
         raise ConnectorError(ALL_DEAD)
+
+    def _check_in(self, lease: PoolLease, since: float) -> None:
+        """Keep a clean connection as the spare, else give it back to its pool."""
+        conn = lease[1]
+        clean = not conn.closed and conn.pgconn.transaction_status == TransactionStatus.IDLE
+        if not (clean and self._spare.keep(lease, since)):
+            _put_back(lease)
 
     def _run(self, query: str, params: Params, fetch: str) -> Any:
         retried = False
         while True:
             with wrap_exceptions(self._secrets):
-                pool, conn = self._checkout()
+                lease, since = self._checkout()
                 try:
-                    return run_statement(conn, query, params, fetch, self.json_loads)
+                    return run_statement(lease[1], query, params, fetch, self.json_loads)
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
                         retried = True
                         continue
                     raise
                 finally:
-                    pool.putconn(conn)
+                    self._check_in(lease, since)
 
     def copy_in(self, plan: CopyPlan) -> list[Any]:
         """Run a `CopyPlan` (big batch defers) on one pooled connection."""
         with wrap_exceptions(self._secrets):
-            pool, conn = self._checkout()
+            lease, since = self._checkout()
+            conn = lease[1]
             try:
                 with conn.transaction():  # a mismatch below rolls the COPY back
                     with conn.cursor(row_factory=dict_row) as cur:
@@ -197,7 +218,16 @@ class SyncPsycopgConnector(SyncQueryMethods):
                         )
                 return [row[0] for row in rows]
             finally:
-                pool.putconn(conn)
+                self._check_in(lease, since)
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="SyncPsycopgConnector"))
+
+
+def _put_back(lease: PoolLease, *, close: bool = False) -> None:
+    """Return a connection to the pool it came from (closed first when dead: the pool
+    then replaces it)."""
+    pool, conn = lease
+    if close:
+        conn.close()
+    pool.putconn(conn)

@@ -12,6 +12,7 @@ that `AlreadyEnqueued` leaves the session usable.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +37,7 @@ from ..connectors.base import (
     translate_error,
 )
 from ..connectors.psycopg import PsycopgConnector
+from ..connectors.spare import Spare
 from ..database import mask_password, sqlalchemy_url
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 
@@ -205,6 +207,7 @@ class SQLAlchemyPsycopg2Connector:
         self._owns_engine = False
         self._lock = threading.Lock()
         self._worker: tuple[str, PsycopgConnector] | None = None
+        self._spare: Spare[EngineLease] = Spare(_put_back, type(self).__name__)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self._safe_url()!r})"
@@ -249,6 +252,7 @@ class SQLAlchemyPsycopg2Connector:
     def close(self) -> None:
         with self._lock:
             engine, self._engine = self._engine, None
+        self._spare.release()
         if engine is None:
             return
         if self._owns_engine:
@@ -266,7 +270,8 @@ class SQLAlchemyPsycopg2Connector:
         engine = self.engine
         execute = _execute_prepared if engine.dialect.driver == "psycopg2" else _execute_text
         for attempt in (1, 2):
-            proxy, dbapi, previous = self._checkout(engine)
+            lease, since = self._checkout(engine)
+            proxy, dbapi = lease[1], lease[2]
             cursor = dbapi.cursor()
             try:
                 if fetch and self.json_loads is not None:
@@ -286,20 +291,25 @@ class SQLAlchemyPsycopg2Connector:
             finally:
                 if not dbapi.closed:
                     cursor.close()
-                    dbapi.autocommit = previous
-                proxy.close()
+                self._check_in(lease, since)
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _checkout(engine: Engine) -> tuple[Any, Any, bool]:
-        """A pooled DBAPI connection switched to autocommit, and its previous setting;
-        `_run` puts both back.
+    def _checkout(self, engine: Engine) -> tuple[EngineLease, float]:
+        """A pooled DBAPI connection switched to autocommit (with what `_put_back`
+        needs to restore it), and when it left the pool: the spare one of the last
+        statement if there is one, else one from the engine's pool.
 
         Autocommit makes a defer one round trip (no BEGIN/COMMIT). Flipping the driver's
         own `autocommit` attribute costs nothing, where SQLAlchemy's
         `isolation_level="AUTOCOMMIT"` option costs a round trip per checkout on psycopg2.
         Connections the server closed while they sat idle are skipped unused.
         """
+        spare = self._spare.take()
+        if spare is not None:
+            lease, since = spare
+            if lease[0] is engine and not _is_dead(lease[2]):
+                return lease, since
+            _put_back(lease)
         for _ in range(MAX_DISCARDS):
             try:
                 proxy = engine.raw_connection()
@@ -311,14 +321,20 @@ class SQLAlchemyPsycopg2Connector:
                     "raise its pool_size/max_overflow or pool_timeout"
                 ) from exc
             dbapi = proxy.dbapi_connection
-            if dbapi is None or dbapi.closed or has_unread_input(dbapi.fileno()):
+            if dbapi is None or _is_dead(dbapi):
                 proxy.invalidate()  # the pool replaces it; no statement was sent
                 proxy.close()
                 continue
             previous = bool(dbapi.autocommit)
             dbapi.autocommit = True
-            return proxy, dbapi, previous
+            return (engine, proxy, dbapi, previous), time.monotonic()
         raise ConnectorError(ALL_DEAD)
+
+    def _check_in(self, lease: EngineLease, since: float) -> None:
+        """Keep a clean connection as the spare, else give it back to the pool."""
+        dbapi = lease[2]
+        if not (_is_idle(dbapi) and self._spare.keep(lease, since)):
+            _put_back(lease)
 
     def execute(self, query: str, params: Params) -> None:
         self._run(query, params, fetch=False)
@@ -368,6 +384,28 @@ class SQLAlchemyPsycopgConnector(SQLAlchemyPsycopg2Connector):
     """
 
     driver = "psycopg"
+
+
+# The engine, the pool's proxy, its DBAPI connection, and that one's own autocommit.
+EngineLease = tuple[Engine, Any, Any, bool]
+
+
+def _put_back(lease: EngineLease) -> None:
+    """Restore the connection's autocommit and return it to the engine's pool."""
+    _, proxy, dbapi, previous = lease
+    if not dbapi.closed:
+        dbapi.autocommit = previous
+    proxy.close()
+
+
+def _is_dead(dbapi: Any) -> bool:
+    """Closed, or the server's goodbye already waits on the socket (no round trip)."""
+    return bool(dbapi.closed) or has_unread_input(dbapi.fileno())
+
+
+def _is_idle(dbapi: Any) -> bool:
+    """Open and outside any transaction (libpq's PQTRANS_IDLE, 0, on both drivers)."""
+    return not dbapi.closed and dbapi.info.transaction_status == 0
 
 
 def _execute_text(dbapi: Any, cursor: Any, query: str, params: Params) -> None:
