@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,8 +45,10 @@ from .base import (
     has_unread_input,
     translate_error,
 )
+from .spare import AsyncSpare
 
 PoolFactory = Callable[..., psycopg_pool.AsyncConnectionPool[Any]]
+AsyncPoolLease = tuple["psycopg_pool.AsyncConnectionPool[Any]", "psycopg.AsyncConnection[Any]"]
 # How many dead pooled connections one call may throw away before giving up.
 MAX_DISCARDS = 32
 
@@ -185,6 +188,7 @@ class PsycopgConnector(AsyncQueryMethods):
         self._owns_pool = False
         self._sync: Any = None
         self._sync_lock = threading.Lock()  # def tasks ask for the twin from many threads
+        self._spare: AsyncSpare[AsyncPoolLease] = AsyncSpare(_put_back)
 
     def __repr__(self) -> str:
         return describe("PsycopgConnector", self.conninfo, self.kwargs)
@@ -220,6 +224,7 @@ class PsycopgConnector(AsyncQueryMethods):
             await asyncio.to_thread(self._sync.close)
             self._sync = None
         pool, self._pool = self._pool, None
+        await self._spare.release()
         if pool is not None and self._owns_pool:
             await pool.close()
 
@@ -229,40 +234,55 @@ class PsycopgConnector(AsyncQueryMethods):
             raise AppNotOpen()
         return self._pool
 
-    async def _checkout(
-        self,
-    ) -> tuple[psycopg_pool.AsyncConnectionPool[Any], psycopg.AsyncConnection[Any]]:
-        """A live connection and its pool (dead ones are closed: the pool replaces them);
-        the caller puts it back. getconn/putconn rather than pool.connection(): no
-        context manager and no commit() on our autocommit connections (every defer)."""
+    async def _checkout(self) -> tuple[AsyncPoolLease, float]:
+        """A live connection with its pool, and when it left the pool: the spare one of
+        the last statement if there is one, else one from the pool (dead ones are
+        closed: the pool replaces them). The caller hands it to `_check_in`.
+        getconn/putconn rather than pool.connection(): no context manager and no
+        commit() on our autocommit connections (every defer)."""
+        spare = self._spare.take()
+        if spare is not None:
+            lease, since = spare
+            if lease[0] is self._pool and not is_dead(lease[1]):
+                return lease, since
+            await _put_back(lease, close=True)
         pool = self.pool
         for _ in range(MAX_DISCARDS):
             conn = await pool.getconn()
             if not is_dead(conn):
-                return pool, conn
-            await conn.close()
-            await pool.putconn(conn)
+                return (pool, conn), time.monotonic()
+            await _put_back((pool, conn), close=True)
         raise ConnectorError(ALL_DEAD)
+
+    async def _check_in(self, lease: AsyncPoolLease, since: float) -> None:
+        """Keep a clean connection as the spare, else give it back to its pool."""
+        conn = lease[1]
+        clean = not conn.closed and conn.pgconn.transaction_status == TransactionStatus.IDLE
+        if not (clean and self._spare.keep(lease, since)):
+            await _put_back(lease)
 
     async def _run(self, query: str, params: Params, fetch: str) -> Any:
         retried = False
         while True:
             with wrap_exceptions(self._secrets):
-                pool, conn = await self._checkout()
+                lease, since = await self._checkout()
                 try:
-                    return await run_statement_async(conn, query, params, fetch, self.json_loads)
+                    return await run_statement_async(
+                        lease[1], query, params, fetch, self.json_loads
+                    )
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
                         retried = True
                         continue
                     raise
                 finally:
-                    await pool.putconn(conn)
+                    await self._check_in(lease, since)
 
     async def copy_in_async(self, plan: CopyPlan) -> list[Any]:
         """Run a `CopyPlan` (big batch defers) on one pooled connection."""
         with wrap_exceptions(self._secrets):
-            pool, conn = await self._checkout()
+            lease, since = await self._checkout()
+            conn = lease[1]
             try:
                 async with conn.transaction():  # a mismatch below rolls the COPY back
                     async with conn.cursor(row_factory=dict_row) as cur:
@@ -280,7 +300,7 @@ class PsycopgConnector(AsyncQueryMethods):
                         )
                 return [row[0] for row in rows]
             finally:
-                await pool.putconn(conn)
+                await self._check_in(lease, since)
 
     async def listen(
         self,
@@ -341,3 +361,12 @@ class PsycopgConnector(AsyncQueryMethods):
 
     def get_worker_connector(self) -> PsycopgConnector:
         return self
+
+
+async def _put_back(lease: AsyncPoolLease, *, close: bool = False) -> None:
+    """Return a connection to the pool it came from (closed first when dead: the pool
+    then replaces it)."""
+    pool, conn = lease
+    if close:
+        await conn.close()
+    await pool.putconn(conn)

@@ -1,4 +1,4 @@
-"""`Spare`: the connection of a connector's last statement, kept out of its pool a moment.
+"""`Spare` / `AsyncSpare`: the connection of a connector's last statement, kept aside.
 
 A loop of `defer()` calls spends about 20 µs of CPU per call checking a connection out of
 a pool and back in (psycopg_pool, psycopg2's pool and its semaphore, SQLAlchemy's
@@ -7,8 +7,12 @@ sync connector keeps the connection of its last statement aside, and the next st
 from any thread takes it instead of going to the pool. Only one is ever kept; a second
 finisher returns its own to the pool as before.
 
-The pool must not lose a connection to a quiet app, nor its upkeep: a watcher thread
-gives the spare back once it has sat unused for `IDLE_SECONDS`, a connection is never
+`AsyncSpare` does the same for the asyncio connectors (psycopg_pool's async checkout
+costs more still), where statements of one event loop take turns without a lock.
+
+The pool must not lose a connection to a quiet app, nor its upkeep: a watcher thread (a
+timer on the event loop for `AsyncSpare`) gives the spare back once it has sat unused
+for `IDLE_SECONDS`, a connection is never
 kept longer than `MAX_AGE_SECONDS` after it left the pool (the pool's `max_lifetime`,
 `check` and the like then see it again), and `close()` of the connector gives it back.
 After `fork()` a child forgets the parent's spare without closing it: closing would end
@@ -17,20 +21,21 @@ the parent's session on the shared socket.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 Lease = TypeVar("Lease")
 
 IDLE_SECONDS = 0.5
 MAX_AGE_SECONDS = 30.0
 
-_live: weakref.WeakSet[Spare[object]] = weakref.WeakSet()
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
 # What a forked child took from its parent's spares: referenced forever, never closed.
 _inherited: list[object] = []
 
@@ -47,7 +52,7 @@ class Spare(Generic[Lease]):
         self._since = 0.0  # when the kept lease left its pool
         self._used = 0.0  # when it was last kept
         self._watcher: threading.Thread | None = None
-        _live.add(self)  # type: ignore[arg-type]
+        _live.add(self)
 
     def take(self) -> tuple[Lease, float] | None:
         """The kept lease and when it left its pool, or None: then use the pool."""
@@ -99,6 +104,68 @@ class Spare(Generic[Lease]):
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._watcher = None
+        if self._lease is not None:
+            _inherited.append(self._lease)
+            self._lease = None
+
+
+class AsyncSpare(Generic[Lease]):
+    """`Spare` for one event loop: `give_back` is a coroutine function, and a timer on
+    the loop replaces the watcher thread."""
+
+    def __init__(self, give_back: Callable[[Lease], Awaitable[None]]) -> None:
+        self._give_back = give_back
+        self._lease: Lease | None = None
+        self._since = 0.0
+        self._used = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._returning: set[asyncio.Task[None]] = set()
+        _live.add(self)
+
+    def take(self) -> tuple[Lease, float] | None:
+        lease, self._lease = self._lease, None
+        return None if lease is None else (lease, self._since)
+
+    def keep(self, lease: Lease, since: float) -> bool:
+        now = time.monotonic()
+        if self._lease is not None or now - since > MAX_AGE_SECONDS:
+            return False
+        self._lease, self._since, self._used = lease, since, now
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer_loop is not loop:  # a loop that ended
+            self._timer, self._timer_loop = loop.call_later(IDLE_SECONDS, self._check), loop
+        return True
+
+    async def release(self) -> None:
+        """Give the kept lease back now (the connector is closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        taken = self.take()
+        if taken is not None:
+            with contextlib.suppress(Exception):
+                await self._give_back(taken[0])
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._lease is None:
+            return
+        loop = asyncio.get_running_loop()
+        if time.monotonic() - self._used < IDLE_SECONDS:
+            self._timer = loop.call_later(IDLE_SECONDS, self._check)
+            return
+        lease, self._lease = self._lease, None
+        task = loop.create_task(self._return(lease))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
+
+    async def _return(self, lease: Lease) -> None:
+        with contextlib.suppress(Exception):
+            await self._give_back(lease)
+
+    def _forget_after_fork(self) -> None:
+        self._timer = None
         if self._lease is not None:
             _inherited.append(self._lease)
             self._lease = None

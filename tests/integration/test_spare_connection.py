@@ -4,6 +4,7 @@ shares it with a forked child."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -13,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg_pool
 import pytest
 from polling import count_jobs
 from sqlalchemy import create_engine, event
 
-from procq_sqla import App, SyncPsycopgConnector
+from procq_sqla import App, PsycopgConnector, SyncPsycopgConnector
 from procq_sqla.connectors import spare
 from procq_sqla.connectors.psycopg2 import Psycopg2Connector
 from procq_sqla.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
@@ -211,3 +213,59 @@ def test_the_watcher_thread_ends_once_the_spare_is_back(pooled: Pooled) -> None:
         lambda: not any(t.name.startswith("procq-spare") for t in threading.enumerate()),
         timeout=spare.IDLE_SECONDS * 6,
     )
+
+
+# -- the asyncio connector ---------------------------------------------------------------
+
+
+def _async_out(app: App) -> int:
+    stats = app.async_connector().pool.get_stats()  # type: ignore[attr-defined]
+    return int(stats["pool_size"] - stats["pool_available"])
+
+
+async def test_async_back_to_back_defers_reuse_one_connection(async_app: App, db: Any) -> None:
+    noop = _noop(async_app)
+    await noop.defer_async(i=0)
+    pool = async_app.async_connector().pool  # type: ignore[attr-defined]
+    before = pool.get_stats().get("requests_num", 0)
+    ids = [await noop.defer_async(i=i) for i in range(1, 101)]
+    assert pool.get_stats().get("requests_num", 0) - before <= 1
+    assert len(set(ids)) == 100
+    assert count_jobs(db, "todo") == 101
+    assert _async_out(async_app) == 1
+
+
+async def test_async_idle_spare_goes_back_to_the_pool(async_app: App) -> None:
+    await _noop(async_app).defer_async(i=1)
+    assert _async_out(async_app) == 1
+    deadline = time.monotonic() + spare.IDLE_SECONDS * 6
+    while _async_out(async_app) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert _async_out(async_app) == 0
+
+
+async def test_async_spare_the_server_dropped_is_replaced_unused(async_app: App, db: Any) -> None:
+    noop = _noop(async_app)
+    await noop.defer_async(i=1)
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    await asyncio.sleep(0.1)
+    await noop.defer_async(i=2)
+    rows = db.execute("SELECT args->>'i' AS i FROM procq_jobs ORDER BY id").fetchall()
+    assert [row["i"] for row in rows] == ["1", "2"]
+
+
+async def test_async_close_gives_the_spare_back(db_url: str) -> None:
+    pool = psycopg_pool.AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True)
+    try:
+        app = App(connector=PsycopgConnector())
+        await app.open_async(pool)
+        await _noop(app).defer_async(i=1)
+        assert pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"] - 1
+        await app.close_async()
+        assert pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"]
+    finally:
+        await pool.close()
