@@ -25,7 +25,7 @@ def test_healthy_database_passes_every_check(db_url: str) -> None:
     checks = lines(result.stdout)
     assert set(checks) == {"database", "schema", "workers", "jobs"}
     assert all(line.startswith("OK") for line in checks.values())
-    assert "PostgreSQL" in checks["database"] and "at head procq_0002" in checks["schema"]
+    assert "PostgreSQL" in checks["database"] and "at head procq_0003" in checks["schema"]
     assert "no job waiting" in checks["jobs"]
 
 
@@ -43,7 +43,7 @@ def test_schema_not_at_head_names_the_missing_revision(db_url: str, db: Conn) ->
     report = json.loads(result.stdout)
     assert report["ok"] is False and report["checks"]["schema"]["ok"] is False
     assert "missing procq_0001" in report["checks"]["schema"]["detail"]
-    assert report["report"]["missing_revisions"] == ["procq_0001", "procq_0002"]
+    assert report["report"]["missing_revisions"] == ["procq_0001", "procq_0002", "procq_0003"]
     assert report["report"]["workers_alive"] == 0
 
 

@@ -19,7 +19,7 @@ def test_migrate_creates_the_schema_and_check_then_passes(empty_db_url: str) -> 
     assert "is at head" in result.stdout
     with psycopg.connect(empty_db_url) as conn:
         row = conn.execute("SELECT version_num FROM procq_alembic_version").fetchone()
-        assert row == ("procq_0002",)
+        assert row == ("procq_0003",)
         assert conn.execute("SELECT to_regclass('procq_jobs')::text").fetchone() == ("procq_jobs",)
     after = procq("migrate", "--check", db_url=empty_db_url)
     assert after.returncode == 0, after.stderr

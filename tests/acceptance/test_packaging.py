@@ -23,6 +23,7 @@ def test_wheel_carries_the_revisions_inside_the_package(tmp_path: Path) -> None:
 
     assert "procq_sqla/_alembic/versions/procq_0001_initial.py" in names
     assert "procq_sqla/_alembic/versions/procq_0002_lean_inserts.py" in names
+    assert "procq_sqla/_alembic/versions/procq_0003_status_domain.py" in names
     assert "procq_sqla/_alembic/env.py" in names
     assert "procq_sqla/sql/queries.sql" in names
     assert "procq_sqla/py.typed" in names
@@ -37,4 +38,4 @@ def test_installed_package_finds_its_migrations() -> None:
 
     versions = Path(migrations.versions_location())
     assert (versions / "procq_0001_initial.py").is_file()
-    assert migrations.head_revision() == "procq_0002"
+    assert migrations.head_revision() == "procq_0003"

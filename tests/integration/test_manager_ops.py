@@ -92,8 +92,8 @@ def test_health_reports_schema_workers_and_waiting(sync_app: App, db: Conn) -> N
     )
     insert_job(db, created_at="2000-01-01T00:00:00Z")
     report = sync_app.job_manager.health(stalled_after=30)
-    assert report.schema_at_head and report.head == "procq_0002"
-    assert report.current_revisions == ["procq_0002"] and report.missing_revisions == []
+    assert report.schema_at_head and report.head == "procq_0003"
+    assert report.current_revisions == ["procq_0003"] and report.missing_revisions == []
     assert (report.workers_total, report.workers_alive) == (2, 1)
     assert report.oldest_waiting_age is not None and report.oldest_waiting_age > 86400
     assert report.server_version and report.database.startswith("procq_test_")
@@ -105,14 +105,14 @@ def test_health_on_a_database_without_schema(empty_db_url: str) -> None:
     with App(connector=SyncPsycopgConnector(conninfo=empty_db_url)) as app:
         report = app.job_manager.health()
     assert not report.schema_present and not report.schema_at_head
-    assert report.missing_revisions == ["procq_0001", "procq_0002"]
+    assert report.missing_revisions == ["procq_0001", "procq_0002", "procq_0003"]
 
 
 def test_health_reads_an_applications_shared_version_table(sync_app: App, db: Conn) -> None:
     db.execute("ALTER TABLE procq_alembic_version RENAME TO alembic_version")
     db.execute("INSERT INTO alembic_version VALUES ('app_0042')")
     report = sync_app.job_manager.health()
-    assert report.schema_at_head and report.current_revisions == ["procq_0002"]
+    assert report.schema_at_head and report.current_revisions == ["procq_0003"]
 
 
 async def test_async_twins_give_the_same_answers(async_app: App, db: Conn) -> None:

@@ -41,9 +41,9 @@ def notified_by_a_hand_insert(url: str, queue: str, wait: float) -> list[str]:
         return [n.payload for n in listen.notifies(timeout=wait, stop_after=1)]
 
 
-def test_head_has_no_trigger_and_lean_partial_indexes(empty_db_url: str) -> None:
+def test_procq_0002_drops_the_trigger_and_leans_the_partial_indexes(empty_db_url: str) -> None:
     url = sqlalchemy_url(empty_db_url)
-    migrations.upgrade(url)
+    migrations.upgrade(url, "procq_0002")  # procq_0003 rewrites the predicates' casts
     triggers, predicates = shape(empty_db_url)
     assert triggers == set()
     assert predicates == {

@@ -102,7 +102,11 @@ def test_missing_revisions_names_what_is_not_applied(empty_db_url: str) -> None:
     engine = create_engine(sqlalchemy_url(empty_db_url))
     try:
         with engine.connect() as conn:
-            assert migrations.missing_revisions(conn) == ["procq_0002", "procq_0001"]  # head first
+            assert migrations.missing_revisions(conn) == [
+                "procq_0003",
+                "procq_0002",
+                "procq_0001",
+            ]  # head first
         migrations.upgrade(engine)
         with engine.connect() as conn:
             assert migrations.missing_revisions(conn) == []

@@ -153,12 +153,12 @@ def test_user_project_upgrades_autogenerates_and_downgrades_with_procq(
 ) -> None:
     db = empty_db
     script = ScriptDirectory.from_config(project)
-    assert sorted(script.get_heads()) == ["procq_0002", "shop_0001"]
-    assert script.get_revision("procq@head").revision == "procq_0002"  # exactly one
+    assert sorted(script.get_heads()) == ["procq_0003", "shop_0001"]
+    assert script.get_revision("procq@head").revision == "procq_0003"  # exactly one
 
     command.upgrade(project, "heads")
     assert {"orders", "procq_jobs", "procq_workers", "procq_periodic_defers"} <= tables(db)
-    assert versions(db) == {"shop_0001", "procq_0002"}  # the application's own table
+    assert versions(db) == {"shop_0001", "procq_0003"}  # the application's own table
     assert "procq_alembic_version" not in tables(db)
 
     command.check(project)  # autogenerate finds nothing to do: no procq drops
@@ -202,7 +202,7 @@ def test_alembic_command_line_upgrades_heads(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert versions(empty_db) == {"shop_0001", "procq_0002"}
+    assert versions(empty_db) == {"shop_0001", "procq_0003"}
     heads = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ini), "heads"],
         capture_output=True,
@@ -211,4 +211,4 @@ def test_alembic_command_line_upgrades_heads(
         timeout=60,
         check=True,
     )
-    assert "procq_0002 (procq) (head)" in heads.stdout
+    assert "procq_0003 (procq) (head)" in heads.stdout
