@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from .connectors.base import CopyPlan
+from .connectors.base import AsyncCopyConnector, CopyConnector, CopyPlan
 from .exceptions import AlreadyEnqueued, InvalidOption, JobNotFound
 from .jobs import (
     Job,
@@ -313,9 +313,9 @@ class JobManager:
         if not args_json:
             return []
         copy = self.plan_copy_defer(task_name, options, args_json) if via is None else None
-        copy_in = getattr(self.app.sync_connector(), "copy_in", None) if copy else None
-        if copy is not None and copy_in is not None:
-            ids: list[int | None] = copy_in(copy)
+        connector = self.app.sync_connector()
+        if copy is not None and isinstance(connector, CopyConnector):
+            ids: list[int | None] = connector.copy_in(copy)
         else:
             plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
             ids = self._run(plan, via)
@@ -385,9 +385,9 @@ class JobManager:
         if not args_json:
             return []
         copy = self.plan_copy_defer(task_name, options, args_json) if via is None else None
-        copy_in = getattr(self.app.async_connector(), "copy_in_async", None) if copy else None
-        if copy is not None and copy_in is not None:
-            ids: list[int | None] = await copy_in(copy)
+        connector = self.app.async_connector()
+        if copy is not None and isinstance(connector, AsyncCopyConnector):
+            ids: list[int | None] = await connector.copy_in_async(copy)
         else:
             plan = self.plan_batch_defer(task_name, options, args_json, ignore_already_enqueued)
             ids = await self._run_async(plan, via)

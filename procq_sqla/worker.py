@@ -195,6 +195,7 @@ class Worker:
         self._running: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
         self._busy = 0  # slots running (a slot's thread may hold several claimed jobs)
         self._unmarked: set[int] = set()  # claimed ahead: no started_at in the table yet
+        self._any_unmarked = asyncio.Event()  # the start marker sleeps until one is claimed
         self._ready: deque[Job] = deque()  # claimed ahead, waiting for a free slot
         self._avg_run: float | None = None  # moving average of a job's run time, s
         self._low_water = 0  # claim again when fewer jobs than this wait in _ready
@@ -441,7 +442,9 @@ class Worker:
                 rows = await self.connector.fetch_all_async(self._claim_query, params)
                 jobs = [Job.from_row(row) for row in rows]
                 jobs.sort(key=_claim_order)  # RETURNING keeps no order
-                self._unmarked.update(job.id for job in jobs[start:])
+                if len(jobs) > start:
+                    self._unmarked.update(job.id for job in jobs[start:])
+                    self._any_unmarked.set()
                 return jobs
             except LockRace:
                 logger.debug("lock race while claiming; claiming again")
@@ -883,8 +886,12 @@ class Worker:
                 return
 
     async def _mark_started_loop(self) -> None:
-        """Give a started_at to the jobs claimed ahead that have run for a while."""
+        """Give a started_at to the jobs claimed ahead that have run for a while (asleep
+        while there are none)."""
         while True:
+            if not self._unmarked:
+                self._any_unmarked.clear()
+                await self._any_unmarked.wait()
             await asyncio.sleep(MARK_STARTED_AFTER)
             if not self._unmarked:
                 continue

@@ -87,6 +87,20 @@ class AsyncConnector(Protocol):
     def get_sync_connector(self) -> SyncConnector: ...
 
 
+@runtime_checkable
+class CopyConnector(Protocol):
+    """A sync connector that can also load a big batch by COPY (psycopg 3 only)."""
+
+    def copy_in(self, plan: CopyPlan) -> list[Any]: ...
+
+
+@runtime_checkable
+class AsyncCopyConnector(Protocol):
+    """The same for an async connector."""
+
+    async def copy_in_async(self, plan: CopyPlan) -> list[Any]: ...
+
+
 class SyncQueryMethods:
     """The three query methods of a sync connector, from its one `_run(query, params,
     fetch)` where fetch is "none", "one" or "all"."""
