@@ -48,7 +48,12 @@ from .base import (
 from .spare import AsyncSpare
 
 PoolFactory = Callable[..., psycopg_pool.AsyncConnectionPool[Any]]
-AsyncPoolLease = tuple["psycopg_pool.AsyncConnectionPool[Any]", "psycopg.AsyncConnection[Any]"]
+# A pooled connection, its pool, and the dict-row cursor our statements run on.
+AsyncPoolLease = tuple[
+    "psycopg_pool.AsyncConnectionPool[Any]",
+    "psycopg.AsyncConnection[Any]",
+    "psycopg.AsyncCursor[Any]",
+]
 # How many dead pooled connections one call may throw away before giving up.
 MAX_DISCARDS = 32
 
@@ -96,24 +101,20 @@ def prepare_cursor(
 
 
 async def run_statement_async(
-    conn: psycopg.AsyncConnection[Any],
-    query: str,
-    params: Params,
-    fetch: str,
-    loads: JSONLoads | None,
+    cur: psycopg.AsyncCursor[Any], query: str, params: Params, fetch: str
 ) -> Any:
-    """One statement on a pooled connection, committed (or rolled back) at once when the
-    connection is not in autocommit (a pool handed to `open_async(pool)`)."""
+    """One statement on a pooled connection's cursor, committed (or rolled back) at once
+    when the connection is not in autocommit (a pool handed to `open_async(pool)`). The
+    cursor lives as long as the connection stays out of the pool (see `run_statement`)."""
+    conn = cur.connection
     try:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            prepare_cursor(cur, loads)
-            await cur.execute(query, params)
-            if fetch == "one":
-                result: Any = await cur.fetchone()
-            elif fetch == "all":
-                result = await cur.fetchall()
-            else:
-                result = None
+        await cur.execute(query, params)
+        if fetch == "one":
+            result: Any = await cur.fetchone()
+        elif fetch == "all":
+            result = await cur.fetchall()
+        else:
+            result = None
         if conn.pgconn.transaction_status != TransactionStatus.IDLE:
             await conn.commit()
         return result
@@ -250,8 +251,11 @@ class PsycopgConnector(AsyncQueryMethods):
         for _ in range(MAX_DISCARDS):
             conn = await pool.getconn()
             if not is_dead(conn):
-                return (pool, conn), time.monotonic()
-            await _put_back((pool, conn), close=True)
+                cur = conn.cursor(row_factory=dict_row)
+                prepare_cursor(cur, self.json_loads)
+                return (pool, conn, cur), time.monotonic()
+            await conn.close()
+            await pool.putconn(conn)
         raise ConnectorError(ALL_DEAD)
 
     async def _check_in(self, lease: AsyncPoolLease, since: float) -> None:
@@ -267,9 +271,7 @@ class PsycopgConnector(AsyncQueryMethods):
             with wrap_exceptions(self._secrets):
                 lease, since = await self._checkout()
                 try:
-                    return await run_statement_async(
-                        lease[1], query, params, fetch, self.json_loads
-                    )
+                    return await run_statement_async(lease[2], query, params, fetch)
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
                         retried = True
@@ -366,7 +368,8 @@ class PsycopgConnector(AsyncQueryMethods):
 async def _put_back(lease: AsyncPoolLease, *, close: bool = False) -> None:
     """Return a connection to the pool it came from (closed first when dead: the pool
     then replaces it)."""
-    pool, conn = lease
+    pool, conn, cur = lease
+    await cur.close()
     if close:
         await conn.close()
     await pool.putconn(conn)

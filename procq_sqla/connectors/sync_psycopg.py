@@ -43,7 +43,10 @@ from .psycopg import (
 )
 from .spare import Spare
 
-PoolLease = tuple["psycopg_pool.ConnectionPool[Any]", "psycopg.Connection[Any]"]
+# A pooled connection, its pool, and the dict-row cursor our statements run on.
+PoolLease = tuple[
+    "psycopg_pool.ConnectionPool[Any]", "psycopg.Connection[Any]", "psycopg.Cursor[Any]"
+]
 
 SyncPoolFactory = Callable[..., psycopg_pool.ConnectionPool[Any]]
 
@@ -54,21 +57,20 @@ WRONG_WORKER = (
 )
 
 
-def run_statement(
-    conn: psycopg.Connection[Any], query: str, params: Params, fetch: str, loads: JSONLoads | None
-) -> Any:
-    """One statement on a pooled connection, committed (or rolled back) at once when the
-    connection is not in autocommit (a pool handed to `open(pool)`)."""
+def run_statement(cur: psycopg.Cursor[Any], query: str, params: Params, fetch: str) -> Any:
+    """One statement on a pooled connection's cursor, committed (or rolled back) at once
+    when the connection is not in autocommit (a pool handed to `open(pool)`). The cursor
+    lives as long as the connection stays out of the pool: making and closing one per
+    statement cost about 20 µs of CPU, more than the rest of a defer's client side."""
+    conn = cur.connection
     try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            prepare_cursor(cur, loads)
-            cur.execute(query, params)
-            if fetch == "one":
-                result: Any = cur.fetchone()
-            elif fetch == "all":
-                result = cur.fetchall()
-            else:
-                result = None
+        cur.execute(query, params)
+        if fetch == "one":
+            result: Any = cur.fetchone()
+        elif fetch == "all":
+            result = cur.fetchall()
+        else:
+            result = None
         if conn.pgconn.transaction_status != TransactionStatus.IDLE:
             conn.commit()
         return result
@@ -164,16 +166,19 @@ class SyncPsycopgConnector(SyncQueryMethods):
         commit() on our autocommit connections (every defer)."""
         spare = self._spare.take()
         if spare is not None:
-            (pool, conn), since = spare
-            if pool is self._pool and not is_dead(conn):
-                return (pool, conn), since
-            _put_back((pool, conn), close=True)
+            lease, since = spare
+            if lease[0] is self._pool and not is_dead(lease[1]):
+                return lease, since
+            _put_back(lease, close=True)
         pool = self.pool
         for _ in range(MAX_DISCARDS):
             conn = pool.getconn()
             if not is_dead(conn):
-                return (pool, conn), time.monotonic()
-            _put_back((pool, conn), close=True)
+                cur = conn.cursor(row_factory=dict_row)
+                prepare_cursor(cur, self.json_loads)
+                return (pool, conn, cur), time.monotonic()
+            conn.close()
+            pool.putconn(conn)
         raise ConnectorError(ALL_DEAD)
 
     def _check_in(self, lease: PoolLease, since: float) -> None:
@@ -189,7 +194,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
             with wrap_exceptions(self._secrets):
                 lease, since = self._checkout()
                 try:
-                    return run_statement(lease[1], query, params, fetch, self.json_loads)
+                    return run_statement(lease[2], query, params, fetch)
                 except psycopg.OperationalError as exc:
                     if not retried and is_stale_connection_error(exc):
                         retried = True
@@ -227,7 +232,8 @@ class SyncPsycopgConnector(SyncQueryMethods):
 def _put_back(lease: PoolLease, *, close: bool = False) -> None:
     """Return a connection to the pool it came from (closed first when dead: the pool
     then replaces it)."""
-    pool, conn = lease
+    pool, conn, cur = lease
+    cur.close()
     if close:
         conn.close()
     pool.putconn(conn)
