@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiopg
 import psycopg2
-import psycopg2.extras
+import psycopg2.extensions
 import psycopg2.sql
 
 from ..exceptions import AppNotOpen, ConnectorError
@@ -35,6 +36,7 @@ from .base import (
     dsn_secrets,
 )
 from .psycopg2 import MAX_DISCARDS, Psycopg2Connector, is_dead, prepare_cursor, wrap_exceptions
+from .spare import AsyncSpare
 
 # aiopg.create_pool's own options; every other keyword is a connection parameter.
 POOL_OPTIONS = frozenset(
@@ -75,6 +77,7 @@ class AiopgConnector(AsyncQueryMethods):
         self._owns_pool = False
         self._sync: Psycopg2Connector | None = None
         self._sync_lock = threading.Lock()  # def tasks ask for the twin from many threads
+        self._spare: AsyncSpare[AiopgLease] = AsyncSpare(_put_back)
 
     def __repr__(self) -> str:
         others = {k: v for k, v in self.kwargs.items() if k != "dsn"}
@@ -118,6 +121,7 @@ class AiopgConnector(AsyncQueryMethods):
             await asyncio.to_thread(self._sync.close)
             self._sync = None
         pool, self._pool = self._pool, None
+        await self._spare.release()
         if pool is not None and self._owns_pool:
             pool.close()
             await pool.wait_closed()
@@ -134,37 +138,53 @@ class AiopgConnector(AsyncQueryMethods):
         # connection (that waits forever): bound it here with the same value
         timeout = float(getattr(pool, "timeout", 60.0))
         with wrap_exceptions(self._secrets):
-            for _ in range(MAX_DISCARDS):
-                try:
-                    conn = await asyncio.wait_for(pool.acquire(), timeout)
-                except TimeoutError as exc:
-                    raise ConnectorError(
-                        f"no database connection became available in {timeout:g} s: "
-                        "raise AiopgConnector's maxsize or timeout"
-                    ) from exc
-                try:
-                    if is_dead(conn.raw):
-                        await conn.close()  # the pool forgets closed connections
-                        continue
-                    return await self._statement(conn, query, params, fetch)
-                except TimeoutError as exc:
-                    raise ConnectorError(
-                        f"the statement took longer than AiopgConnector's timeout ({timeout:g} s)"
-                    ) from exc
-                finally:
-                    await pool.release(conn)
+            lease, since = await self._checkout(pool, timeout)
+            try:
+                return await self._statement(lease[1], query, params, fetch)
+            except TimeoutError as exc:
+                raise ConnectorError(
+                    f"the statement took longer than AiopgConnector's timeout ({timeout:g} s)"
+                ) from exc
+            finally:
+                conn = lease[1]
+                clean = not conn.closed and conn.raw.status == psycopg2.extensions.STATUS_READY
+                if not (clean and self._spare.keep(lease, since)):
+                    await _put_back(lease)
+
+    async def _checkout(self, pool: aiopg.Pool, timeout: float) -> tuple[AiopgLease, float]:
+        """A live connection with its pool, and when it left the pool: the spare one of
+        the last statement if there is one, else one from the pool (dead ones are
+        closed: the pool forgets them)."""
+        spare = self._spare.take()
+        if spare is not None:
+            lease, since = spare
+            if lease[0] is pool and not is_dead(lease[1].raw):
+                return lease, since
+            await _put_back(lease, close=True)
+        for _ in range(MAX_DISCARDS):
+            try:
+                conn = await asyncio.wait_for(pool.acquire(), timeout)
+            except TimeoutError as exc:
+                raise ConnectorError(
+                    f"no database connection became available in {timeout:g} s: "
+                    "raise AiopgConnector's maxsize or timeout"
+                ) from exc
+            if not is_dead(conn.raw):
+                return (pool, conn), time.monotonic()
+            await _put_back((pool, conn), close=True)
         raise ConnectorError(ALL_DEAD)
 
     async def _statement(self, conn: Any, query: str, params: Params, fetch: str) -> Any:
-        async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        async with conn.cursor() as cur:
             prepare_cursor(cur.raw, self.json_loads)
             await cur.execute(query, dict(params))
+            if fetch == "none":
+                return None
+            names = [column[0] for column in cur.description]
             if fetch == "one":
                 row = await cur.fetchone()
-                return dict(row) if row is not None else None
-            if fetch == "all":
-                return [dict(row) for row in await cur.fetchall()]
-            return None
+                return dict(zip(names, row, strict=True)) if row is not None else None
+            return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
 
     @asynccontextmanager
     async def _dedicated_connection(self) -> AsyncIterator[Any]:
@@ -225,3 +245,15 @@ class AiopgConnector(AsyncQueryMethods):
 
     def get_worker_connector(self) -> AiopgConnector:
         return self
+
+
+# A pooled aiopg connection and its pool.
+AiopgLease = tuple[aiopg.Pool, Any]
+
+
+async def _put_back(lease: AiopgLease, *, close: bool = False) -> None:
+    """Return a connection to its pool (closed first when dead: the pool forgets it)."""
+    pool, conn = lease
+    if close:
+        await conn.close()
+    await pool.release(conn)

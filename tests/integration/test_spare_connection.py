@@ -19,7 +19,7 @@ import pytest
 from polling import count_jobs
 from sqlalchemy import create_engine, event
 
-from procq_sqla import App, PsycopgConnector, SyncPsycopgConnector
+from procq_sqla import AiopgConnector, App, PsycopgConnector, SyncPsycopgConnector
 from procq_sqla.connectors import spare
 from procq_sqla.connectors.psycopg2 import Psycopg2Connector
 from procq_sqla.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
@@ -269,3 +269,21 @@ async def test_async_close_gives_the_spare_back(db_url: str) -> None:
         assert pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"]
     finally:
         await pool.close()
+
+
+async def test_aiopg_keeps_one_spare_and_gives_it_back_when_idle(db_url: str, db: Any) -> None:
+    app = App(connector=AiopgConnector(dsn=db_url, minsize=1, maxsize=3))
+    await app.open_async()
+    try:
+        pool = app.async_connector().pool  # type: ignore[attr-defined]
+        noop = _noop(app)
+        ids = [await noop.defer_async(i=i) for i in range(20)]
+        assert len(set(ids)) == 20
+        assert count_jobs(db, "todo") == 20
+        assert pool.size - pool.freesize == 1  # the spare, out of the pool
+        deadline = time.monotonic() + spare.IDLE_SECONDS * 6
+        while pool.size - pool.freesize and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert pool.size - pool.freesize == 0
+    finally:
+        await app.close_async()
