@@ -12,9 +12,9 @@ costs more still), where statements of one event loop take turns without a lock.
 
 The pool must not lose a connection to a quiet app, nor its upkeep: a watcher thread (a
 timer on the event loop for `AsyncSpare`) gives the spare back once it has sat unused
-for `IDLE_SECONDS`, a connection is never
-kept longer than `MAX_AGE_SECONDS` after it left the pool (the pool's `max_lifetime`,
-`check` and the like then see it again), and `close()` of the connector gives it back.
+for `IDLE_SECONDS`, a connection is never kept longer than `MAX_AGE_SECONDS` after it
+left the pool (the pool's `max_lifetime`, `check` and the like then see it again), and
+`close()` of the connector gives it back.
 After `fork()` a child forgets the parent's spare without closing it: closing would end
 the parent's session on the shared socket.
 """
