@@ -297,15 +297,10 @@ class Worker:
 
     async def _shutdown(self, side: list[asyncio.Task[Any]]) -> None:
         self._stopping = True
-        try:  # others may start them while we finish ours; in an outage, not for long
-            await asyncio.wait_for(self._release_ready(), RELEASE_AT_STOP_TIMEOUT)
-        except TimeoutError:
-            logger.warning(
-                "could not give back the jobs claimed ahead in time; they will be rescued "
-                "once this worker's heartbeat expires"
-            )
+        await self._give_back_at_stop()  # others may start them while we finish ours
         if self._running:
             await self._wait_for_running()
+            await self._give_back_at_stop()  # what interrupted thread runs never started
         for task in side:
             task.cancel()
         await asyncio.gather(*side, return_exceptions=True)
@@ -322,6 +317,18 @@ class Worker:
             self.processed,
             extra={"worker": self.name, "event": "worker_stopped"},
         )
+
+    async def _give_back_at_stop(self) -> None:
+        """`_release_ready` at stop, bounded: in an outage the rescue does it later."""
+        if not self._ready:
+            return
+        try:
+            await asyncio.wait_for(self._release_ready(), RELEASE_AT_STOP_TIMEOUT)
+        except TimeoutError:
+            logger.warning(
+                "could not give back the jobs claimed ahead in time; they will be rescued "
+                "once this worker's heartbeat expires"
+            )
 
     async def _wait_for_running(self) -> None:
         """Let running jobs finish for shutdown_graceful_timeout (or until a second stop
@@ -617,12 +624,13 @@ class Worker:
         try:
             await future
         except asyncio.CancelledError as exc:
-            run.stop()
-            for index, (job, task, context) in enumerate(jobs):
+            started = run.stop()
+            for index, (job, task, context) in enumerate(jobs[:started]):
                 if index < len(run.results):
                     self._done(self._outcome(job, task, context, run.results[index][0]), 0.0)
-                elif job.id in self._running:  # running or not started: as for async jobs
+                elif job.id in self._running:  # still running in the thread: as for async jobs
                     self._done(self._cancelled_outcome(job, context, exc), 0.0)
+            self._take_back(jobs[started:])  # never started: given back like jobs claimed ahead
             return
         finally:
             if timer is not None:
@@ -638,14 +646,22 @@ class Worker:
         """A run of `def` jobs still busy after give_back_after: the jobs it has not
         started go back to the head of the line, for a free slot here or (after
         give_back_after again) for another worker."""
-        for job, _, _ in reversed(run.jobs[run.stop() :]):
-            _, context = self._running.pop(job.id)
-            if context.should_abort():
+        self._take_back(run.jobs[run.stop() :])
+        self._fill_slots()
+        self._wake.set()
+
+    def _take_back(self, jobs: list[tuple[Job, Task[..., Any], JobContext]]) -> None:
+        """Jobs of a thread run that never started go back to the head of the line (an
+        abort asked meanwhile, not the shutdown's own, ends them instead); ones already
+        taken back are skipped."""
+        for job, _, _ in reversed(jobs):
+            running = self._running.pop(job.id, None)
+            if running is None:
+                continue
+            if job.id not in self._shutdown_cancelled and running[1].should_abort():
                 self._record(Outcome(job, "aborted", NEVER_STARTED_ABORT))
             else:
                 self._ready.appendleft(job)
-        self._fill_slots()
-        self._wake.set()
 
     def _outcome(
         self, job: Job, task: Task[..., Any], context: JobContext, exc: BaseException | None

@@ -140,6 +140,32 @@ async def test_stopping_gives_back_jobs_claimed_ahead(async_app: App, db: Any) -
     assert {r["status"]: r["n"] for r in rows} == {"succeeded": 21, "todo": 20}
 
 
+async def test_def_jobs_never_started_when_the_grace_period_ends_go_back_uncounted(
+    async_app: App, db: Any
+) -> None:
+    line = await line_behind_a_hold(async_app, 10, sync=True)
+    async with running_worker(async_app, concurrency=1, shutdown_graceful_timeout=0.3) as worker:
+        worker.give_back_after = 60.0  # the 10 stay in the thread run behind `hold`
+        held = "SELECT count(*) FROM procq_jobs WHERE task_name = 'hold' AND status = 'doing'"
+        assert await wait_until(db, held, 1) == 1
+        # all claimed; the quick ones that ran before `hold` in its run report with it
+        claimed = "SELECT count(*) FROM procq_jobs WHERE status IN ('doing', 'succeeded')"
+        assert await wait_until(db, claimed, 31) == 31
+        deadline = time.monotonic() + 10  # the first 20 ran: the thread is now in `hold`
+        while len(line.ran) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    line.release.set()  # the interrupted thread may now end
+    rows = db.execute(
+        "SELECT task_name, status, attempts, worker_id IS NULL AS free, count(*) AS n "
+        "FROM procq_jobs WHERE id > 20 GROUP BY 1, 2, 3, 4 ORDER BY 1"
+    ).fetchall()
+    assert [(r["task_name"], r["status"], r["attempts"], r["free"], r["n"]) for r in rows] == [
+        ("hold", "todo", 1, True, 1),  # interrupted: its attempt counts
+        ("quick", "todo", 0, True, 10),  # never started: as if never claimed
+    ]
+    assert sorted(line.ran) == list(range(20))
+
+
 async def test_abort_of_a_job_claimed_ahead_means_it_never_starts(async_app: App, db: Any) -> None:
     line = await line_behind_a_hold(async_app, 5)
     ran, later = line.ran, line.later
