@@ -236,11 +236,8 @@ class PsycopgConnector(AsyncQueryMethods):
         return self._pool
 
     async def _checkout(self) -> tuple[AsyncPoolLease, float]:
-        """A live connection with its pool, and when it left the pool: the spare one of
-        the last statement if there is one, else one from the pool (dead ones are
-        closed: the pool replaces them). The caller hands it to `_check_in`.
-        getconn/putconn rather than pool.connection(): no context manager and no
-        commit() on our autocommit connections (every defer)."""
+        """The asyncio twin of `SyncPsycopgConnector._checkout`: the spare connection,
+        or a live one from the pool with a new cursor, and when it left the pool."""
         spare = self._spare.take()
         if spare is not None:
             lease, since = spare
