@@ -19,7 +19,6 @@ from typing import Any
 
 import aiopg
 import psycopg2
-import psycopg2.extensions
 import psycopg2.sql
 
 from ..exceptions import AppNotOpen, ConnectorError
@@ -30,10 +29,12 @@ from .base import (
     JSONLoads,
     NotifyCallback,
     Params,
+    as_dicts,
     connect_error,
     default_json_dumps,
     describe_params,
     dsn_secrets,
+    is_idle,
 )
 from .psycopg2 import MAX_DISCARDS, Psycopg2Connector, is_dead, prepare_cursor, wrap_exceptions
 from .spare import AsyncSpare
@@ -146,10 +147,7 @@ class AiopgConnector(AsyncQueryMethods):
                     f"the statement took longer than AiopgConnector's timeout ({timeout:g} s)"
                 ) from exc
             finally:
-                conn = lease[1]
-                clean = not conn.closed and conn.raw.status == psycopg2.extensions.STATUS_READY
-                if not (clean and self._spare.keep(lease, since)):
-                    await _put_back(lease)
+                await self._spare.check_in(lease, since, is_idle(lease[1].raw))
 
     async def _checkout(self, pool: aiopg.Pool, timeout: float) -> tuple[AiopgLease, float]:
         """A live connection with its pool, and when it left the pool: the spare one of
@@ -178,13 +176,12 @@ class AiopgConnector(AsyncQueryMethods):
         async with conn.cursor() as cur:
             prepare_cursor(cur.raw, self.json_loads)
             await cur.execute(query, dict(params))
-            if fetch == "none":
-                return None
-            names = [column[0] for column in cur.description]
             if fetch == "one":
                 row = await cur.fetchone()
-                return dict(zip(names, row, strict=True)) if row is not None else None
-            return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+                return None if row is None else as_dicts(cur.description, [row])[0]
+            if fetch == "all":
+                return as_dicts(cur.description, await cur.fetchall())
+            return None
 
     @asynccontextmanager
     async def _dedicated_connection(self) -> AsyncIterator[Any]:

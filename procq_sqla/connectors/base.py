@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import select
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Protocol, runtime_checkable
@@ -306,6 +306,19 @@ def is_transient_connect_error(exc: BaseException) -> bool:
         return True
     text = str(cause).lower()
     return any(marker in text for marker in TRANSIENT_CONNECT_MESSAGES)
+
+
+def is_idle(conn: Any) -> bool:
+    """Open and outside any transaction: libpq's PQTRANS_IDLE (0), which psycopg 3 and
+    psycopg2 (so aiopg too) both report as `conn.info.transaction_status`."""
+    return not conn.closed and conn.info.transaction_status == 0
+
+
+def as_dicts(description: Iterable[Sequence[Any]], rows: Iterable[Sequence[Any]]) -> list[Row]:
+    """Rows of a plain DBAPI cursor as dicts by column name (cheaper than a dict-row
+    cursor class that builds each row in Python)."""
+    names = [column[0] for column in description]
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def has_unread_input(fd: int) -> bool:

@@ -43,6 +43,7 @@ from .base import (
     default_json_dumps,
     dsn_secrets,
     has_unread_input,
+    is_idle,
     translate_error,
 )
 from .spare import AsyncSpare
@@ -255,13 +256,6 @@ class PsycopgConnector(AsyncQueryMethods):
             await pool.putconn(conn)
         raise ConnectorError(ALL_DEAD)
 
-    async def _check_in(self, lease: AsyncPoolLease, since: float) -> None:
-        """Keep a clean connection as the spare, else give it back to its pool."""
-        conn = lease[1]
-        clean = not conn.closed and conn.pgconn.transaction_status == TransactionStatus.IDLE
-        if not (clean and self._spare.keep(lease, since)):
-            await _put_back(lease)
-
     async def _run(self, query: str, params: Params, fetch: str) -> Any:
         retried = False
         while True:
@@ -275,7 +269,7 @@ class PsycopgConnector(AsyncQueryMethods):
                         continue
                     raise
                 finally:
-                    await self._check_in(lease, since)
+                    await self._spare.check_in(lease, since, is_idle(lease[1]))
 
     async def copy_in_async(self, plan: CopyPlan) -> list[Any]:
         """Run a `CopyPlan` (big batch defers) on one pooled connection."""
@@ -299,7 +293,7 @@ class PsycopgConnector(AsyncQueryMethods):
                         )
                 return [row[0] for row in rows]
             finally:
-                await self._check_in(lease, since)
+                await self._spare.check_in(lease, since, is_idle(conn))
 
     async def listen(
         self,

@@ -32,11 +32,13 @@ from .base import (
     JSONLoads,
     Params,
     SyncQueryMethods,
+    as_dicts,
     connect_error,
     default_json_dumps,
     describe_params,
     dsn_secrets,
     has_unread_input,
+    is_idle,
     translate_error,
 )
 from .spare import Spare
@@ -119,11 +121,9 @@ def run_statement(
             result: Any = None
             if fetch == "one":
                 row = cur.fetchone()
-                if row is not None:
-                    result = dict(zip([column[0] for column in cur.description], row, strict=True))
+                result = None if row is None else as_dicts(cur.description, [row])[0]
             elif fetch == "all":
-                names = [column[0] for column in cur.description]
-                result = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+                result = as_dicts(cur.description, cur.fetchall())
         if not conn.autocommit:
             conn.commit()
         return result
@@ -217,7 +217,7 @@ class Psycopg2Connector(SyncQueryMethods):
     def _checkout(self) -> tuple[PoolLease, float]:
         """A live connection with its pool and semaphore slot, and when it left the
         pool: the spare one of the last statement if there is one, else one from the
-        pool (dead ones are discarded). The caller hands it to `_check_in`."""
+        pool (dead ones are discarded). The caller hands it to `_spare.check_in`."""
         spare = self._spare.take()
         if spare is not None:
             lease, since = spare
@@ -244,20 +244,13 @@ class Psycopg2Connector(SyncQueryMethods):
         slots.release()
         raise ConnectorError(ALL_DEAD)
 
-    def _check_in(self, lease: PoolLease, since: float) -> None:
-        """Keep a clean connection as the spare, else give it back to its pool."""
-        conn = lease[2]
-        clean = not conn.closed and conn.status == psycopg2.extensions.STATUS_READY
-        if not (clean and self._spare.keep(lease, since)):
-            _put_back(lease)
-
     def _run(self, query: str, params: Params, fetch: str) -> Any:
         with wrap_exceptions(self._secrets):
             lease, since = self._checkout()
             try:
                 return run_statement(lease[2], query, params, fetch, self.json_loads)
             finally:
-                self._check_in(lease, since)
+                self._spare.check_in(lease, since, is_idle(lease[2]))
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="Psycopg2Connector"))

@@ -77,6 +77,12 @@ class Spare(Generic[Lease]):
                 self._watcher.start()
         return True
 
+    def check_in(self, lease: Lease, since: float, clean: bool) -> None:
+        """After a statement: keep a `clean` lease (idle, outside any transaction) as
+        the spare, else give it back to its pool now."""
+        if not (clean and self.keep(lease, since)):
+            self._give_back(lease)
+
     def release(self) -> None:
         """Give the kept lease back now (the connector is closing)."""
         taken = self.take()
@@ -136,6 +142,11 @@ class AsyncSpare(Generic[Lease]):
         if self._timer is None or self._timer_loop is not loop:  # a loop that ended
             self._timer, self._timer_loop = loop.call_later(IDLE_SECONDS, self._check), loop
         return True
+
+    async def check_in(self, lease: Lease, since: float, clean: bool) -> None:
+        """`Spare.check_in` on the event loop."""
+        if not (clean and self.keep(lease, since)):
+            await self._give_back(lease)
 
     async def release(self) -> None:
         """Give the kept lease back now (the connector is closing)."""

@@ -30,6 +30,7 @@ from .base import (
     connect_error,
     default_json_dumps,
     dsn_secrets,
+    is_idle,
 )
 from .psycopg import (
     MAX_DISCARDS,
@@ -161,7 +162,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
     def _checkout(self) -> tuple[PoolLease, float]:
         """A live connection with its pool, and when it left the pool: the spare one of
         the last statement if there is one, else one from the pool (dead ones are
-        closed: the pool replaces them). The caller hands it to `_check_in`.
+        closed: the pool replaces them). The caller hands it to `_spare.check_in`.
         getconn/putconn rather than pool.connection(): no context manager and no
         commit() on our autocommit connections (every defer)."""
         spare = self._spare.take()
@@ -181,13 +182,6 @@ class SyncPsycopgConnector(SyncQueryMethods):
             pool.putconn(conn)
         raise ConnectorError(ALL_DEAD)
 
-    def _check_in(self, lease: PoolLease, since: float) -> None:
-        """Keep a clean connection as the spare, else give it back to its pool."""
-        conn = lease[1]
-        clean = not conn.closed and conn.pgconn.transaction_status == TransactionStatus.IDLE
-        if not (clean and self._spare.keep(lease, since)):
-            _put_back(lease)
-
     def _run(self, query: str, params: Params, fetch: str) -> Any:
         retried = False
         while True:
@@ -201,7 +195,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
                         continue
                     raise
                 finally:
-                    self._check_in(lease, since)
+                    self._spare.check_in(lease, since, is_idle(lease[1]))
 
     def copy_in(self, plan: CopyPlan) -> list[Any]:
         """Run a `CopyPlan` (big batch defers) on one pooled connection."""
@@ -223,7 +217,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
                         )
                 return [row[0] for row in rows]
             finally:
-                self._check_in(lease, since)
+                self._spare.check_in(lease, since, is_idle(conn))
 
     def get_worker_connector(self) -> Any:
         raise WrongConnector(WRONG_WORKER.format(name="SyncPsycopgConnector"))

@@ -32,8 +32,10 @@ from ..connectors.base import (
     JSONLoads,
     Params,
     Row,
+    as_dicts,
     default_json_dumps,
     has_unread_input,
+    is_idle,
     translate_error,
 )
 from ..connectors.psycopg import PsycopgConnector
@@ -279,8 +281,7 @@ class SQLAlchemyPsycopg2Connector:
                 execute(dbapi, cursor, query, params)
                 if not fetch:
                     return []
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                return as_dicts(cursor.description, cursor.fetchall())
             except engine.dialect.loaded_dbapi.Error as exc:
                 gone = engine.dialect.is_disconnect(exc, dbapi, cursor)
                 if gone:
@@ -291,7 +292,7 @@ class SQLAlchemyPsycopg2Connector:
             finally:
                 if not dbapi.closed:
                     cursor.close()
-                self._check_in(lease, since)
+                self._spare.check_in(lease, since, is_idle(dbapi))
         raise AssertionError("unreachable")
 
     def _checkout(self, engine: Engine) -> tuple[EngineLease, float]:
@@ -329,12 +330,6 @@ class SQLAlchemyPsycopg2Connector:
             dbapi.autocommit = True
             return (engine, proxy, dbapi, previous), time.monotonic()
         raise ConnectorError(ALL_DEAD)
-
-    def _check_in(self, lease: EngineLease, since: float) -> None:
-        """Keep a clean connection as the spare, else give it back to the pool."""
-        dbapi = lease[2]
-        if not (_is_idle(dbapi) and self._spare.keep(lease, since)):
-            _put_back(lease)
 
     def execute(self, query: str, params: Params) -> None:
         self._run(query, params, fetch=False)
@@ -401,11 +396,6 @@ def _put_back(lease: EngineLease) -> None:
 def _is_dead(dbapi: Any) -> bool:
     """Closed, or the server's goodbye already waits on the socket (no round trip)."""
     return bool(dbapi.closed) or has_unread_input(dbapi.fileno())
-
-
-def _is_idle(dbapi: Any) -> bool:
-    """Open and outside any transaction (libpq's PQTRANS_IDLE, 0, on both drivers)."""
-    return not dbapi.closed and dbapi.info.transaction_status == 0
 
 
 def _execute_text(dbapi: Any, cursor: Any, query: str, params: Params) -> None:
