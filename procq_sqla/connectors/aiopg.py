@@ -78,7 +78,7 @@ class AiopgConnector(AsyncQueryMethods):
         self._owns_pool = False
         self._sync: Psycopg2Connector | None = None
         self._sync_lock = threading.Lock()  # def tasks ask for the twin from many threads
-        self._spare: AsyncSpare[AiopgLease] = AsyncSpare(_put_back)
+        self._spare: AsyncSpare[AiopgLease] = AsyncSpare(_put_back, _discard)
 
     def __repr__(self) -> str:
         others = {k: v for k, v in self.kwargs.items() if k != "dsn"}
@@ -153,12 +153,9 @@ class AiopgConnector(AsyncQueryMethods):
         """A live connection with its pool, and when it left the pool: the spare one of
         the last statement if there is one, else one from the pool (dead ones are
         closed: the pool forgets them)."""
-        spare = self._spare.take()
+        spare = await self._spare.take(lambda lease: lease[0] is pool and not is_dead(lease[1].raw))
         if spare is not None:
-            lease, since = spare
-            if lease[0] is pool and not is_dead(lease[1].raw):
-                return lease, since
-            await _put_back(lease, close=True)
+            return spare
         for _ in range(MAX_DISCARDS):
             try:
                 conn = await asyncio.wait_for(pool.acquire(), timeout)
@@ -169,7 +166,7 @@ class AiopgConnector(AsyncQueryMethods):
                 ) from exc
             if not is_dead(conn.raw):
                 return (pool, conn), time.monotonic()
-            await _put_back((pool, conn), close=True)
+            await _discard((pool, conn))
         raise ConnectorError(ALL_DEAD)
 
     async def _statement(self, conn: Any, query: str, params: Params, fetch: str) -> Any:
@@ -248,9 +245,14 @@ class AiopgConnector(AsyncQueryMethods):
 AiopgLease = tuple[aiopg.Pool, Any]
 
 
-async def _put_back(lease: AiopgLease, *, close: bool = False) -> None:
-    """Return a connection to its pool (closed first when dead: the pool forgets it)."""
+async def _put_back(lease: AiopgLease) -> None:
+    """Return a connection to its pool."""
     pool, conn = lease
-    if close:
-        await conn.close()
+    await pool.release(conn)
+
+
+async def _discard(lease: AiopgLease) -> None:
+    """Close a connection that must not be used again (the pool forgets closed ones)."""
+    pool, conn = lease
+    await conn.close()
     await pool.release(conn)

@@ -190,7 +190,7 @@ class PsycopgConnector(AsyncQueryMethods):
         self._owns_pool = False
         self._sync: Any = None
         self._sync_lock = threading.Lock()  # def tasks ask for the twin from many threads
-        self._spare: AsyncSpare[AsyncPoolLease] = AsyncSpare(_put_back)
+        self._spare: AsyncSpare[AsyncPoolLease] = AsyncSpare(_put_back, _discard)
 
     def __repr__(self) -> str:
         return describe("PsycopgConnector", self.conninfo, self.kwargs)
@@ -239,12 +239,11 @@ class PsycopgConnector(AsyncQueryMethods):
     async def _checkout(self) -> tuple[AsyncPoolLease, float]:
         """The asyncio twin of `SyncPsycopgConnector._checkout`: the spare connection,
         or a live one from the pool with a new cursor, and when it left the pool."""
-        spare = self._spare.take()
+        spare = await self._spare.take(
+            lambda lease: lease[0] is self._pool and not is_dead(lease[1])
+        )
         if spare is not None:
-            lease, since = spare
-            if lease[0] is self._pool and not is_dead(lease[1]):
-                return lease, since
-            await _put_back(lease, close=True)
+            return spare
         pool = self.pool
         for _ in range(MAX_DISCARDS):
             conn = await pool.getconn()
@@ -252,8 +251,7 @@ class PsycopgConnector(AsyncQueryMethods):
                 cur = conn.cursor(row_factory=dict_row)
                 prepare_cursor(cur, self.json_loads)
                 return (pool, conn, cur), time.monotonic()
-            await conn.close()
-            await pool.putconn(conn)
+            await _discard((pool, conn, None))
         raise ConnectorError(ALL_DEAD)
 
     async def _run(self, query: str, params: Params, fetch: str) -> Any:
@@ -356,11 +354,16 @@ class PsycopgConnector(AsyncQueryMethods):
         return self
 
 
-async def _put_back(lease: AsyncPoolLease, *, close: bool = False) -> None:
-    """Return a connection to the pool it came from (closed first when dead: the pool
-    then replaces it)."""
+async def _put_back(lease: AsyncPoolLease) -> None:
+    """Return a connection to the pool it came from."""
     pool, conn, cur = lease
     await cur.close()
-    if close:
-        await conn.close()
+    await pool.putconn(conn)
+
+
+async def _discard(lease: tuple[Any, psycopg.AsyncConnection[Any], Any]) -> None:
+    """Close a connection that must not be used again and hand it to its pool, which
+    replaces it."""
+    pool, conn, _ = lease
+    await conn.close()
     await pool.putconn(conn)

@@ -165,7 +165,7 @@ class Psycopg2Connector(SyncQueryMethods):
         self._owns_pool = False
         self._slots = threading.BoundedSemaphore(maxconn)
         self._lock = threading.Lock()
-        self._spare: Spare[PoolLease] = Spare(_put_back, "Psycopg2Connector")
+        self._spare: Spare[PoolLease] = Spare(_put_back, _discard, "Psycopg2Connector")
 
     def __repr__(self) -> str:
         others = {k: v for k, v in self.kwargs.items() if k != "dsn"}
@@ -218,12 +218,9 @@ class Psycopg2Connector(SyncQueryMethods):
         """A live connection with its pool and semaphore slot, and when it left the
         pool: the spare one of the last statement if there is one, else one from the
         pool (dead ones are discarded). The caller hands it to `_spare.check_in`."""
-        spare = self._spare.take()
+        spare = self._spare.take(lambda lease: lease[0] is self._pool and not is_dead(lease[2]))
         if spare is not None:
-            lease, since = spare
-            if lease[0] is self._pool and not is_dead(lease[2]):
-                return lease, since
-            _put_back(lease, close=True)
+            return spare
         pool, slots = self.pool, self._slots  # the slot we take is the one we release
         if not slots.acquire(timeout=self.timeout):
             raise ConnectorError(
@@ -263,3 +260,8 @@ def _put_back(lease: PoolLease, *, close: bool = False) -> None:
         pool.putconn(conn, close=close or bool(conn.closed))
     finally:
         slots.release()
+
+
+def _discard(lease: PoolLease) -> None:
+    """`_put_back`, closing the connection: it must not be used again."""
+    _put_back(lease, close=True)

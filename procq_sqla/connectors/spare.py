@@ -42,10 +42,14 @@ _inherited: list[object] = []
 
 class Spare(Generic[Lease]):
     """At most one lease (a connection and whatever the connector needs to give it
-    back), handed to the next statement; `give_back` returns a lease to its pool."""
+    back), handed to the next statement; `give_back` returns a lease to its pool, and
+    `discard` one that must not be used again (the pool replaces its connection)."""
 
-    def __init__(self, give_back: Callable[[Lease], None], name: str) -> None:
+    def __init__(
+        self, give_back: Callable[[Lease], None], discard: Callable[[Lease], None], name: str
+    ) -> None:
         self._give_back = give_back
+        self._discard = discard
         self._name = name
         self._lock = threading.Lock()
         self._lease: Lease | None = None
@@ -54,8 +58,17 @@ class Spare(Generic[Lease]):
         self._watcher: threading.Thread | None = None
         _live.add(self)
 
-    def take(self) -> tuple[Lease, float] | None:
-        """The kept lease and when it left its pool, or None: then use the pool."""
+    def take(self, usable: Callable[[Lease], bool]) -> tuple[Lease, float] | None:
+        """The kept lease and when it left its pool if `usable(lease)` (its pool still
+        the connector's, its connection alive), or None: then use the pool. An unusable
+        one is discarded."""
+        taken = self._pop()
+        if taken is None or usable(taken[0]):
+            return taken
+        self._discard(taken[0])
+        return None
+
+    def _pop(self) -> tuple[Lease, float] | None:
         with self._lock:
             lease, self._lease = self._lease, None
             return None if lease is None else (lease, self._since)
@@ -85,7 +98,7 @@ class Spare(Generic[Lease]):
 
     def release(self) -> None:
         """Give the kept lease back now (the connector is closing)."""
-        taken = self.take()
+        taken = self._pop()
         if taken is not None:
             self._return(taken[0])
 
@@ -119,8 +132,13 @@ class AsyncSpare(Generic[Lease]):
     """`Spare` for one event loop: `give_back` is a coroutine function, and a timer on
     the loop replaces the watcher thread."""
 
-    def __init__(self, give_back: Callable[[Lease], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        give_back: Callable[[Lease], Awaitable[None]],
+        discard: Callable[[Lease], Awaitable[None]],
+    ) -> None:
         self._give_back = give_back
+        self._discard = discard
         self._lease: Lease | None = None
         self._since = 0.0
         self._used = 0.0
@@ -129,7 +147,15 @@ class AsyncSpare(Generic[Lease]):
         self._returning: set[asyncio.Task[None]] = set()
         _live.add(self)
 
-    def take(self) -> tuple[Lease, float] | None:
+    async def take(self, usable: Callable[[Lease], bool]) -> tuple[Lease, float] | None:
+        """`Spare.take` on the event loop."""
+        taken = self._pop()
+        if taken is None or usable(taken[0]):
+            return taken
+        await self._discard(taken[0])
+        return None
+
+    def _pop(self) -> tuple[Lease, float] | None:
         lease, self._lease = self._lease, None
         return None if lease is None else (lease, self._since)
 
@@ -153,7 +179,7 @@ class AsyncSpare(Generic[Lease]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        taken = self.take()
+        taken = self._pop()
         if taken is not None:
             with contextlib.suppress(Exception):
                 await self._give_back(taken[0])

@@ -111,7 +111,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._owns_pool = False
         self._lock = threading.Lock()
-        self._spare: Spare[PoolLease] = Spare(_put_back, "SyncPsycopgConnector")
+        self._spare: Spare[PoolLease] = Spare(_put_back, _discard, "SyncPsycopgConnector")
 
     def __repr__(self) -> str:
         return describe("SyncPsycopgConnector", self.conninfo, self.kwargs)
@@ -165,12 +165,9 @@ class SyncPsycopgConnector(SyncQueryMethods):
         closed: the pool replaces them). The caller hands it to `_spare.check_in`.
         getconn/putconn rather than pool.connection(): no context manager and no
         commit() on our autocommit connections (every defer)."""
-        spare = self._spare.take()
+        spare = self._spare.take(lambda lease: lease[0] is self._pool and not is_dead(lease[1]))
         if spare is not None:
-            lease, since = spare
-            if lease[0] is self._pool and not is_dead(lease[1]):
-                return lease, since
-            _put_back(lease, close=True)
+            return spare
         pool = self.pool
         for _ in range(MAX_DISCARDS):
             conn = pool.getconn()
@@ -178,8 +175,7 @@ class SyncPsycopgConnector(SyncQueryMethods):
                 cur = conn.cursor(row_factory=dict_row)
                 prepare_cursor(cur, self.json_loads)
                 return (pool, conn, cur), time.monotonic()
-            conn.close()
-            pool.putconn(conn)
+            _discard((pool, conn, None))
         raise ConnectorError(ALL_DEAD)
 
     def _run(self, query: str, params: Params, fetch: str) -> Any:
@@ -223,11 +219,16 @@ class SyncPsycopgConnector(SyncQueryMethods):
         raise WrongConnector(WRONG_WORKER.format(name="SyncPsycopgConnector"))
 
 
-def _put_back(lease: PoolLease, *, close: bool = False) -> None:
-    """Return a connection to the pool it came from (closed first when dead: the pool
-    then replaces it)."""
+def _put_back(lease: PoolLease) -> None:
+    """Return a connection to the pool it came from."""
     pool, conn, cur = lease
     cur.close()
-    if close:
-        conn.close()
+    pool.putconn(conn)
+
+
+def _discard(lease: tuple[Any, psycopg.Connection[Any], Any]) -> None:
+    """Close a connection that must not be used again and hand it to its pool, which
+    replaces it."""
+    pool, conn, _ = lease
+    conn.close()
     pool.putconn(conn)

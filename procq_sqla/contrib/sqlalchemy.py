@@ -209,7 +209,7 @@ class SQLAlchemyPsycopg2Connector:
         self._owns_engine = False
         self._lock = threading.Lock()
         self._worker: tuple[str, PsycopgConnector] | None = None
-        self._spare: Spare[EngineLease] = Spare(_put_back, type(self).__name__)
+        self._spare: Spare[EngineLease] = Spare(_put_back, _discard, type(self).__name__)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self._safe_url()!r})"
@@ -305,12 +305,9 @@ class SQLAlchemyPsycopg2Connector:
         `isolation_level="AUTOCOMMIT"` option costs a round trip per checkout on psycopg2.
         Connections the server closed while they sat idle are skipped unused.
         """
-        spare = self._spare.take()
+        spare = self._spare.take(lambda lease: lease[0] is engine and not _is_dead(lease[2]))
         if spare is not None:
-            lease, since = spare
-            if lease[0] is engine and not _is_dead(lease[2]):
-                return lease, since
-            _put_back(lease)
+            return spare
         for _ in range(MAX_DISCARDS):
             try:
                 proxy = engine.raw_connection()
@@ -390,6 +387,13 @@ def _put_back(lease: EngineLease) -> None:
     _, proxy, dbapi, previous = lease
     if not dbapi.closed:
         dbapi.autocommit = previous
+    proxy.close()
+
+
+def _discard(lease: EngineLease) -> None:
+    """Invalidate a connection that must not be used again: the pool replaces it."""
+    proxy = lease[1]
+    proxy.invalidate()
     proxy.close()
 
 
