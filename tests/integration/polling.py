@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -19,6 +20,17 @@ async def wait_until(
         if got == expected or time.monotonic() > deadline:
             return got
         await asyncio.sleep(0.01)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    """Poll a condition of the test's own state (not a query) until it holds or
+    `timeout` passes; returns its last value, for the caller to assert on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 async def wait_for_status(db: Any, job_id: int, status: str, timeout: float = 10) -> str:

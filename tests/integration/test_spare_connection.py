@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg_pool
 import pytest
-from polling import count_jobs
+from polling import count_jobs, eventually
 from sqlalchemy import create_engine, event
 
 from procq_sqla import AiopgConnector, App, PsycopgConnector, SyncPsycopgConnector
@@ -238,10 +238,7 @@ async def test_async_back_to_back_defers_reuse_one_connection(async_app: App, db
 async def test_async_idle_spare_goes_back_to_the_pool(async_app: App) -> None:
     await _noop(async_app).defer_async(i=1)
     assert _async_out(async_app) == 1
-    deadline = time.monotonic() + spare.IDLE_SECONDS * 6
-    while _async_out(async_app) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert _async_out(async_app) == 0
+    assert await eventually(lambda: _async_out(async_app) == 0, spare.IDLE_SECONDS * 6)
 
 
 async def test_async_spare_the_server_dropped_is_replaced_unused(async_app: App, db: Any) -> None:
@@ -281,9 +278,6 @@ async def test_aiopg_keeps_one_spare_and_gives_it_back_when_idle(db_url: str, db
         assert len(set(ids)) == 20
         assert count_jobs(db, "todo") == 20
         assert pool.size - pool.freesize == 1  # the spare, out of the pool
-        deadline = time.monotonic() + spare.IDLE_SECONDS * 6
-        while pool.size - pool.freesize and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert pool.size - pool.freesize == 0
+        assert await eventually(lambda: pool.size == pool.freesize, spare.IDLE_SECONDS * 6)
     finally:
         await app.close_async()

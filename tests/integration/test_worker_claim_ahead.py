@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from polling import wait_until
+from polling import eventually, wait_until
 
 from procq_sqla import App, JobContext
 from procq_sqla.testing import running_worker
@@ -151,9 +150,8 @@ async def test_def_jobs_never_started_when_the_grace_period_ends_go_back_uncount
         # all claimed; the quick ones that ran before `hold` in its run report with it
         claimed = "SELECT count(*) FROM procq_jobs WHERE status IN ('doing', 'succeeded')"
         assert await wait_until(db, claimed, 31) == 31
-        deadline = time.monotonic() + 10  # the first 20 ran: the thread is now in `hold`
-        while len(line.ran) < 20 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        # the first 20 ran: the thread is now in `hold`
+        assert await eventually(lambda: len(line.ran) == 20)
     line.release.set()  # the interrupted thread may now end
     rows = db.execute(
         "SELECT task_name, status, attempts, worker_id IS NULL AS free, count(*) AS n "
@@ -239,10 +237,8 @@ async def test_abort_of_a_def_job_waiting_behind_another_in_its_thread(
         held = "SELECT count(*) FROM procq_jobs WHERE task_name = 'hold' AND status = 'doing'"
         assert await wait_until(db, held, 1) == 1
         assert await async_app.job_manager.abort_async(later[0]) is True
-        deadline = time.monotonic() + 5
-        while f"aborting job {later[0]} on request" not in caplog.text:
-            assert time.monotonic() < deadline, "the worker never saw the abort request"
-            await asyncio.sleep(0.01)
+        seen = await eventually(lambda: f"aborting job {later[0]} on request" in caplog.text, 5)
+        assert seen, "the worker never saw the abort request"
         line.release.set()
         done = "SELECT count(*) FROM procq_jobs WHERE status IN ('succeeded', 'aborted')"
         assert await wait_until(db, done, 41) == 41
