@@ -43,15 +43,13 @@ logger = logging.getLogger("procq_sqla.manager")
 
 @dataclass(frozen=True, slots=True)
 class Plan(Generic[T]):
-    """A query, its parameters, whether it returns rows, and how to shape them."""
+    """A query, its parameters, and how to shape its rows; or, with `value=True`, its
+    first column of its first row (a defer's id: no row dict on the hottest path)."""
 
     query: str
     params: dict[str, Any]
-    shape: Callable[[list[Row]], T]
-
-
-def _first_id(rows: list[Row]) -> int:
-    return int(rows[0]["id"])
+    shape: Callable[[Any], T]
+    value: bool = False
 
 
 def _found(rows: list[Row]) -> bool:
@@ -181,17 +179,21 @@ class JobManager:
 
     def _run(self, plan: Plan[T], via: SyncConnector | None = None) -> T:
         connector = via if via is not None else self.app.sync_connector()
+        if plan.value:
+            return plan.shape(connector.fetch_value(plan.query, plan.params))
         return plan.shape(connector.fetch_all(plan.query, plan.params))
 
     async def _run_async(self, plan: Plan[T], via: AsyncConnector | None = None) -> T:
         connector = via if via is not None else self.app.async_connector()
+        if plan.value:
+            return plan.shape(await connector.fetch_value_async(plan.query, plan.params))
         return plan.shape(await connector.fetch_all_async(plan.query, plan.params))
 
     # -- plans ---------------------------------------------------------------------------
 
     @staticmethod
     def plan_defer(task_name: str, options: JobOptions, args_json: str) -> Plan[int]:
-        return Plan(queries["defer_job"], defer_params(task_name, options, args_json), _first_id)
+        return Plan(queries["defer_job"], defer_params(task_name, options, args_json), int, True)
 
     @staticmethod
     def plan_batch_defer(

@@ -178,6 +178,9 @@ class AiopgConnector(AsyncQueryMethods):
                 return None if row is None else as_dicts(cur.description, [row])[0]
             if fetch == "all":
                 return as_dicts(cur.description, await cur.fetchall())
+            if fetch == "value":
+                row = await cur.fetchone()
+                return None if row is None else row[0]
             return None
 
     @asynccontextmanager

@@ -8,7 +8,6 @@ catches its own errors in one place and hands the facts to `translate_error`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import select
@@ -20,7 +19,6 @@ from urllib.parse import unquote, urlsplit
 
 from ..database import mask_password
 from ..exceptions import AlreadyEnqueued, ConnectorError, SchemaMissing
-from ..sql import queries
 
 Params = Mapping[str, Any]
 Row = dict[str, Any]
@@ -65,6 +63,7 @@ class SyncConnector(Protocol):
     def execute(self, query: str, params: Params) -> None: ...
     def fetch_one(self, query: str, params: Params) -> Row | None: ...
     def fetch_all(self, query: str, params: Params) -> list[Row]: ...
+    def fetch_value(self, query: str, params: Params) -> Any: ...
 
 
 @runtime_checkable
@@ -78,6 +77,7 @@ class AsyncConnector(Protocol):
     async def execute_async(self, query: str, params: Params) -> None: ...
     async def fetch_one_async(self, query: str, params: Params) -> Row | None: ...
     async def fetch_all_async(self, query: str, params: Params) -> list[Row]: ...
+    async def fetch_value_async(self, query: str, params: Params) -> Any: ...
     async def listen(
         self,
         channels: list[str],
@@ -102,8 +102,9 @@ class AsyncCopyConnector(Protocol):
 
 
 class SyncQueryMethods:
-    """The three query methods of a sync connector, from its one `_run(query, params,
-    fetch)` where fetch is "none", "one" or "all"."""
+    """The query methods of a sync connector, from its one `_run(query, params, fetch)`
+    where fetch is "none", "one", "all" or "value" (the first column of the first row,
+    or None: a defer's id, with no row dict on the way)."""
 
     _run: Callable[[str, Params, str], Any]
 
@@ -117,6 +118,9 @@ class SyncQueryMethods:
     def fetch_all(self, query: str, params: Params) -> list[Row]:
         rows: list[Row] = self._run(query, params, "all")
         return rows
+
+    def fetch_value(self, query: str, params: Params) -> Any:
+        return self._run(query, params, "value")
 
 
 class AsyncQueryMethods:
@@ -135,54 +139,8 @@ class AsyncQueryMethods:
         rows: list[Row] = await self._run(query, params, "all")
         return rows
 
-
-@dataclass(frozen=True, slots=True)
-class PreparedQuery:
-    """A query as a named server-side prepared statement.
-
-    psycopg 3 prepares a query by itself once it has run a few times; psycopg2 sends the
-    text every time, and the server parsing and planning `defer_job` again costs about as
-    much as executing it. The psycopg2-based connectors therefore PREPARE the hot queries
-    once per connection and EXECUTE them. The name carries a digest of the text, so a
-    session shared through a pooler never runs another version's statement."""
-
-    name: str
-    prepare: str  # PREPARE name AS ... $1 ...
-    execute: str  # EXECUTE name(%s, ...), for the driver's positional parameters
-    keys: tuple[str, ...]  # which named parameter goes to $1, $2, ...
-
-    def args(self, params: Params) -> tuple[Any, ...]:
-        return tuple(params[key] for key in self.keys)
-
-
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
-
-
-def prepared_query(label: str, query: str) -> PreparedQuery:
-    """`query` (with `%(name)s` placeholders) as a prepared statement named after `label`."""
-    keys: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key is None:
-            return "%"
-        if key not in keys:
-            keys.append(key)
-        return f"${keys.index(key) + 1}"
-
-    body = _PLACEHOLDER.sub(number, query)
-    name = f"procq_{label}_{hashlib.sha1(query.encode()).hexdigest()[:12]}"
-    arguments = f"({', '.join(['%s'] * len(keys))})" if keys else ""
-    return PreparedQuery(
-        name, f"PREPARE {name} AS {body}", f"EXECUTE {name}{arguments}", tuple(keys)
-    )
-
-
-# The queries worth preparing on drivers that do not prepare by themselves: run once per
-# call on the hottest path (one defer per web request).
-PREPARED_QUERIES: dict[str, PreparedQuery] = {
-    queries[label]: prepared_query(label, queries[label]) for label in ("defer_job",)
-}
+    async def fetch_value_async(self, query: str, params: Params) -> Any:
+        return await self._run(query, params, "value")
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from .base import (
     is_idle,
     translate_error,
 )
+from .prepared import protocol_args, run_prepared_async
 from .spare import AsyncSpare
 
 PoolFactory = Callable[..., psycopg_pool.AsyncConnectionPool[Any]]
@@ -93,6 +94,11 @@ def is_dead(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> boo
     return has_unread_input(fd)
 
 
+def first_value(row: dict[str, Any] | None) -> Any:
+    """The first column of a dict row (`fetch="value"` on the cursor path), or None."""
+    return None if row is None else next(iter(row.values()))
+
+
 def prepare_cursor(
     cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any], json_loads: JSONLoads | None
 ) -> None:
@@ -108,12 +114,16 @@ async def run_statement_async(
     when the connection is not in autocommit (a pool handed to `open_async(pool)`). The
     cursor lives as long as the connection stays out of the pool (see `run_statement`)."""
     conn = cur.connection
+    if fetch == "value" and (hot := protocol_args(conn, query, params)) is not None:
+        return await run_prepared_async(conn, *hot)
     try:
         await cur.execute(query, params)
         if fetch == "one":
             result: Any = await cur.fetchone()
         elif fetch == "all":
             result = await cur.fetchall()
+        elif fetch == "value":
+            result = first_value(await cur.fetchone())
         else:
             result = None
         if conn.pgconn.transaction_status != TransactionStatus.IDLE:

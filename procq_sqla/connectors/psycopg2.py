@@ -20,14 +20,12 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
 
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 from .base import (
     ALL_DEAD,
-    PREPARED_QUERIES,
     JSONDumps,
     JSONLoads,
     Params,
@@ -41,13 +39,15 @@ from .base import (
     is_idle,
     translate_error,
 )
+from .prepared import PREPARED_QUERIES
 from .spare import Spare
 from .sync_psycopg import WRONG_WORKER
 
 MAX_DISCARDS = 32
 
-# A pooled connection with the pool and the semaphore slot it holds.
-PoolLease = tuple[psycopg2.pool.ThreadedConnectionPool, threading.BoundedSemaphore, Any]
+# A pooled connection with the pool and the semaphore slot it holds, and the cursor our
+# statements run on while it is out of the pool.
+PoolLease = tuple[psycopg2.pool.ThreadedConnectionPool, threading.BoundedSemaphore, Any, Any]
 
 
 @contextmanager
@@ -107,23 +107,30 @@ def execute(conn: Any, cursor: Any, query: str, params: Params) -> None:
         cursor.execute(query, dict(params))
 
 
-def run_statement(
-    conn: Any, query: str, params: Params, fetch: str, loads: JSONLoads | None
-) -> Any:
-    """One statement on a blocking psycopg2 connection. A connection that is not in
-    autocommit (from a pool handed to `open(pool)`) gets its own commit or rollback.
-    Rows become dicts here, from a plain C cursor: RealDictCursor builds each row in
-    Python, which cost more than the rest of a defer's client side."""
+def fetch_result(cur: Any, fetch: str) -> Any:
+    """What `fetch` ("none", "one", "all", "value") asks of a plain psycopg2 cursor that
+    just ran a statement. Rows become dicts here: RealDictCursor builds each row in
+    Python, which cost more than the rest of a defer's client side; "value" (a defer's
+    id) builds none."""
+    if fetch == "value":
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    if fetch == "one":
+        row = cur.fetchone()
+        return None if row is None else as_dicts(cur.description, [row])[0]
+    if fetch == "all":
+        return as_dicts(cur.description, cur.fetchall())
+    return None
+
+
+def run_statement(cur: Any, query: str, params: Params, fetch: str) -> Any:
+    """One statement on the cursor of a blocking psycopg2 connection, kept as long as the
+    connection stays out of the pool. A connection that is not in autocommit (from a pool
+    handed to `open(pool)`) gets its own commit or rollback."""
+    conn = cur.connection
     try:
-        with conn.cursor() as cur:
-            prepare_cursor(cur, loads)
-            execute(conn, cur, query, params)
-            result: Any = None
-            if fetch == "one":
-                row = cur.fetchone()
-                result = None if row is None else as_dicts(cur.description, [row])[0]
-            elif fetch == "all":
-                result = as_dicts(cur.description, cur.fetchall())
+        execute(conn, cur, query, params)
+        result = fetch_result(cur, fetch)
         if not conn.autocommit:
             conn.commit()
         return result
@@ -233,7 +240,9 @@ class Psycopg2Connector(SyncQueryMethods):
                 if not is_dead(conn):
                     if self._owns_pool and not conn.autocommit:
                         conn.autocommit = True  # one round trip per statement, no BEGIN
-                    return (pool, slots, conn), time.monotonic()
+                    cur = conn.cursor()
+                    prepare_cursor(cur, self.json_loads)
+                    return (pool, slots, conn, cur), time.monotonic()
                 pool.putconn(conn, close=True)
         except BaseException:
             slots.release()
@@ -245,7 +254,7 @@ class Psycopg2Connector(SyncQueryMethods):
         with wrap_exceptions(self._secrets):
             lease, since = self._checkout()
             try:
-                return run_statement(lease[2], query, params, fetch, self.json_loads)
+                return run_statement(lease[3], query, params, fetch)
             finally:
                 self._spare.check_in(lease, since, is_idle(lease[2]))
 
@@ -255,8 +264,10 @@ class Psycopg2Connector(SyncQueryMethods):
 
 def _put_back(lease: PoolLease, *, close: bool = False) -> None:
     """Return a connection to its pool (closed when dead) and free its slot."""
-    pool, slots, conn = lease
+    pool, slots, conn, cur = lease
     try:
+        with contextlib.suppress(psycopg2.Error):
+            cur.close()
         pool.putconn(conn, close=close or bool(conn.closed))
     finally:
         slots.release()

@@ -32,10 +32,12 @@ from .base import (
     dsn_secrets,
     is_idle,
 )
+from .prepared import protocol_args, run_prepared
 from .psycopg import (
     MAX_DISCARDS,
     connection_kwargs,
     describe,
+    first_value,
     is_dead,
     is_stale_connection_error,
     pool_options,
@@ -62,14 +64,19 @@ def run_statement(cur: psycopg.Cursor[Any], query: str, params: Params, fetch: s
     """One statement on a pooled connection's cursor, committed (or rolled back) at once
     when the connection is not in autocommit (a pool handed to `open(pool)`). The cursor
     lives as long as the connection stays out of the pool: making and closing one per
-    statement cost about 20 µs of CPU, more than the rest of a defer's client side."""
+    statement cost about 20 µs of CPU, more than the rest of a defer's client side. A
+    hot statement asked for its value skips the cursor (`prepared.run_prepared`)."""
     conn = cur.connection
+    if fetch == "value" and (hot := protocol_args(conn, query, params)) is not None:
+        return run_prepared(conn, *hot)
     try:
         cur.execute(query, params)
         if fetch == "one":
             result: Any = cur.fetchone()
         elif fetch == "all":
             result = cur.fetchall()
+        elif fetch == "value":
+            result = first_value(cur.fetchone())
         else:
             result = None
         if conn.pgconn.transaction_status != TransactionStatus.IDLE:

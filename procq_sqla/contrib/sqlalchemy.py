@@ -38,6 +38,7 @@ from ..connectors.base import (
     is_idle,
     translate_error,
 )
+from ..connectors.prepared import protocol_args, run_prepared
 from ..connectors.psycopg import PsycopgConnector
 from ..connectors.spare import Spare
 from ..database import mask_password, sqlalchemy_url
@@ -87,6 +88,10 @@ class SessionExecutor:
         rows = self.fetch_all(query, params)
         return rows[0] if rows else None
 
+    def fetch_value(self, query: str, params: Params) -> Any:
+        row = self.fetch_one(query, params)
+        return None if row is None else next(iter(row.values()))
+
 
 class AsyncSessionExecutor:
     """The same for SQLAlchemy's asyncio `AsyncSession` / `AsyncConnection`."""
@@ -115,6 +120,10 @@ class AsyncSessionExecutor:
     async def fetch_one_async(self, query: str, params: Params) -> Row | None:
         rows = await self.fetch_all_async(query, params)
         return rows[0] if rows else None
+
+    async def fetch_value_async(self, query: str, params: Params) -> Any:
+        row = await self.fetch_one_async(query, params)
+        return None if row is None else next(iter(row.values()))
 
 
 def session_executor(session: Any) -> SessionExecutor:
@@ -268,20 +277,13 @@ class SQLAlchemyPsycopg2Connector:
 
     # -- running statements ------------------------------------------------------------------
 
-    def _run(self, query: str, params: Params, fetch: bool) -> list[Row]:
+    def _run(self, query: str, params: Params, fetch: str) -> Any:
         engine = self.engine
-        execute = _execute_prepared if engine.dialect.driver == "psycopg2" else _execute_text
         for attempt in (1, 2):
             lease, since = self._checkout(engine)
-            proxy, dbapi = lease[1], lease[2]
-            cursor = dbapi.cursor()
+            proxy, dbapi, cursor = lease[1], lease[2], lease[4]
             try:
-                if fetch and self.json_loads is not None:
-                    _set_json_loads(dbapi, cursor, self.json_loads)
-                execute(dbapi, cursor, query, params)
-                if not fetch:
-                    return []
-                return as_dicts(cursor.description, cursor.fetchall())
+                return _statement(dbapi, cursor, query, params, fetch)
             except engine.dialect.loaded_dbapi.Error as exc:
                 gone = engine.dialect.is_disconnect(exc, dbapi, cursor)
                 if gone:
@@ -290,8 +292,6 @@ class SQLAlchemyPsycopg2Connector:
                     continue
                 raise _translate(exc) from exc
             finally:
-                if not dbapi.closed:
-                    cursor.close()
                 self._spare.check_in(lease, since, is_idle(dbapi))
         raise AssertionError("unreachable")
 
@@ -325,18 +325,25 @@ class SQLAlchemyPsycopg2Connector:
                 continue
             previous = bool(dbapi.autocommit)
             dbapi.autocommit = True
-            return (engine, proxy, dbapi, previous), time.monotonic()
+            cursor = dbapi.cursor()
+            if self.json_loads is not None:
+                _set_json_loads(dbapi, cursor, self.json_loads)
+            return (engine, proxy, dbapi, previous, cursor), time.monotonic()
         raise ConnectorError(ALL_DEAD)
 
     def execute(self, query: str, params: Params) -> None:
-        self._run(query, params, fetch=False)
+        self._run(query, params, "none")
 
     def fetch_one(self, query: str, params: Params) -> Row | None:
-        rows = self._run(query, params, fetch=True)
-        return rows[0] if rows else None
+        row: Row | None = self._run(query, params, "one")
+        return row
 
     def fetch_all(self, query: str, params: Params) -> list[Row]:
-        return self._run(query, params, fetch=True)
+        rows: list[Row] = self._run(query, params, "all")
+        return rows
+
+    def fetch_value(self, query: str, params: Params) -> Any:
+        return self._run(query, params, "value")
 
     # -- the paired async connector ----------------------------------------------------------
 
@@ -378,14 +385,16 @@ class SQLAlchemyPsycopgConnector(SQLAlchemyPsycopg2Connector):
     driver = "psycopg"
 
 
-# The engine, the pool's proxy, its DBAPI connection, and that one's own autocommit.
-EngineLease = tuple[Engine, Any, Any, bool]
+# The engine, the pool's proxy, its DBAPI connection, that one's own autocommit, and the
+# cursor our statements run on while it is out of the pool.
+EngineLease = tuple[Engine, Any, Any, bool, Any]
 
 
 def _put_back(lease: EngineLease) -> None:
     """Restore the connection's autocommit and return it to the engine's pool."""
-    _, proxy, dbapi, previous = lease
+    _, proxy, dbapi, previous, cursor = lease
     if not dbapi.closed:
+        cursor.close()
         dbapi.autocommit = previous
     proxy.close()
 
@@ -402,17 +411,28 @@ def _is_dead(dbapi: Any) -> bool:
     return bool(dbapi.closed) or has_unread_input(dbapi.fileno())
 
 
-def _execute_text(dbapi: Any, cursor: Any, query: str, params: Params) -> None:
-    """psycopg 3 prepares the queries it runs often by itself."""
-    cursor.execute(query, params)
+def _statement(dbapi: Any, cursor: Any, query: str, params: Params, fetch: str) -> Any:
+    """One statement in autocommit on a borrowed connection of either driver: psycopg2
+    runs the hot queries as server-side prepared statements (`connectors.psycopg2`);
+    psycopg 3 prepares by itself, and runs a hot query asked for its value below its
+    cursor (`connectors.prepared`)."""
+    if isinstance(dbapi, psycopg.Connection):
+        if fetch == "value" and (hot := protocol_args(dbapi, query, params)) is not None:
+            return run_prepared(dbapi, *hot)
+        cursor.execute(query, params)
+    else:
+        from ..connectors.psycopg2 import execute
 
-
-def _execute_prepared(dbapi: Any, cursor: Any, query: str, params: Params) -> None:
-    """psycopg2 runs the hot queries as server-side prepared statements (see
-    `connectors.base.PreparedQuery`)."""
-    from ..connectors.psycopg2 import execute
-
-    execute(dbapi, cursor, query, params)
+        execute(dbapi, cursor, query, params)
+    if fetch == "value":
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+    if fetch == "one":
+        row = cursor.fetchone()
+        return None if row is None else as_dicts(cursor.description, [row])[0]
+    if fetch == "all":
+        return as_dicts(cursor.description, cursor.fetchall())
+    return None
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from procq_sqla import App
-from procq_sqla.connectors.base import PREPARED_QUERIES, prepared_query
+from procq_sqla.connectors.prepared import PREPARED_QUERIES, prepared_query
 from procq_sqla.sql import queries
 
 Conn = psycopg.Connection[dict[str, Any]]

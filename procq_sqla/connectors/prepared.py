@@ -1,0 +1,195 @@
+"""The hottest statement (one `defer()` per web request) as a server-side prepared
+statement, run below the drivers' general machinery.
+
+psycopg2 sends a query's text every time, and the server parsing and planning
+`defer_job` again costs about as much as executing it: the psycopg2-based connectors
+PREPARE it once per connection and EXECUTE it (`connectors.psycopg2.execute`).
+
+psycopg 3 prepares by itself, but its cursor spends about 50 µs per statement in Python
+(query conversion, adapters, result objects), as much as the server spends on the job's
+row beyond a bare INSERT. For a statement whose parameters are plain scalars and whose
+answer is one value, `run_prepared` talks to libpq directly: parameters as text, the
+protocol's own Bind/Execute of a statement prepared once per connection, and psycopg's
+own wait loop (so the GIL is released, Ctrl-C cancels, notices still go to psycopg). Any
+other parameter, a connection that is not in autocommit, or one told not to prepare
+(`prepare_threshold=None`, as behind PgBouncer in transaction mode) takes the cursor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors
+from psycopg.generators import execute as execute_gen
+from psycopg.pq import ExecStatus
+
+from ..sql import queries
+from .base import Params
+
+# What psycopg needs to make of the answer of a hot statement (its first column, as text).
+ValueLoad = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """A query as a named server-side prepared statement. The name carries a digest of
+    the text, so a session shared through a pooler never runs another version's
+    statement."""
+
+    name: str
+    prepare: str  # PREPARE name AS ... $1 ...
+    execute: str  # EXECUTE name(%s, ...), for the driver's positional parameters
+    keys: tuple[str, ...]  # which named parameter goes to $1, $2, ...
+    protocol: bytes  # the body with $n placeholders, for a protocol-level Parse
+    load: ValueLoad  # the first column of the first row, from its text
+
+    def args(self, params: Params) -> tuple[Any, ...]:
+        return tuple(params[key] for key in self.keys)
+
+    def text_args(self, params: Params) -> list[bytes | None] | None:
+        """The parameters in PostgreSQL's text format, or None when one is not a plain
+        str, int or datetime (or holds a NUL, which text format cannot carry): the
+        driver's adapters then handle them, errors included."""
+        out: list[bytes | None] = []
+        for key in self.keys:
+            value = params[key]
+            kind = type(value)
+            if value is None:
+                out.append(None)
+            elif kind is str:
+                if "\x00" in value:
+                    return None
+                out.append(value.encode())
+            elif kind is int:
+                out.append(b"%d" % value)
+            elif kind is datetime:
+                out.append(value.isoformat().encode())
+            else:
+                return None
+        return out
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+def prepared_query(label: str, query: str, load: ValueLoad = int) -> PreparedQuery:
+    """`query` (with `%(name)s` placeholders) as a prepared statement named after `label`."""
+    keys: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key is None:
+            return "%"
+        if key not in keys:
+            keys.append(key)
+        return f"${keys.index(key) + 1}"
+
+    body = _PLACEHOLDER.sub(number, query)
+    name = f"procq_{label}_{hashlib.sha1(query.encode()).hexdigest()[:12]}"
+    arguments = f"({', '.join(['%s'] * len(keys))})" if keys else ""
+    return PreparedQuery(
+        name,
+        f"PREPARE {name} AS {body}",
+        f"EXECUTE {name}{arguments}",
+        tuple(keys),
+        body.encode(),
+        load,
+    )
+
+
+# The hot queries, each answering one value (defer_job: the new job's id).
+PREPARED_QUERIES: dict[str, PreparedQuery] = {
+    queries[label]: prepared_query(label, queries[label]) for label in ("defer_job",)
+}
+
+# Which of them each live psycopg 3 connection holds, by name.
+_protocol_prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+
+# The statement was dropped behind our back (DISCARD ALL, a transaction-mode pooler), or
+# is already there (a pooler's shared session: same name, same text).
+_GONE = "26000"
+_EXISTS = "42P05"
+
+
+def protocol_args(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], query: str, params: Params
+) -> tuple[PreparedQuery, list[bytes | None]] | None:
+    """The prepared statement and text parameters for `run_prepared`, or None where the
+    cursor must run `query`."""
+    prepared = PREPARED_QUERIES.get(query)
+    if prepared is None or not conn.autocommit or conn.prepare_threshold is None:
+        return None
+    if conn.pgconn.parameter_status(b"client_encoding") != b"UTF8":
+        return None
+    args = prepared.text_args(params)
+    return None if args is None else (prepared, args)
+
+
+def _answer(
+    prepared: PreparedQuery, names: set[bytes], result: Any, encoding: str
+) -> tuple[bool, Any]:
+    """(done, value) from the result of an EXECUTE; not done when the statement must be
+    prepared again first. Errors are psycopg's own exceptions."""
+    if result.status == ExecStatus.TUPLES_OK:
+        value = result.get_value(0, 0) if result.ntuples else None
+        return True, None if value is None else prepared.load(value)
+    if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == _GONE.encode():
+        names.discard(prepared.name.encode())
+        return False, None
+    raise errors.error_from_result(result, encoding=encoding)
+
+
+def _prepared_ok(result: Any, encoding: str) -> None:
+    if result.status == ExecStatus.COMMAND_OK:
+        return
+    if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == _EXISTS.encode():
+        return
+    raise errors.error_from_result(result, encoding=encoding)
+
+
+def run_prepared(
+    conn: psycopg.Connection[Any], prepared: PreparedQuery, args: list[bytes | None]
+) -> Any:
+    """Execute `prepared` with text `args` on an idle autocommit connection; its value."""
+    pgconn = conn.pgconn
+    name = prepared.name.encode()
+    names = _protocol_prepared.setdefault(conn, set())
+    with conn.lock:
+        for _ in (1, 2):
+            if name not in names:
+                pgconn.send_prepare(name, prepared.protocol)
+                _prepared_ok(conn.wait(execute_gen(pgconn))[-1], "utf-8")
+                names.add(name)
+            pgconn.send_query_prepared(name, args)
+            done, value = _answer(prepared, names, conn.wait(execute_gen(pgconn))[-1], "utf-8")
+            if done:
+                return value
+    raise psycopg.OperationalError(f"prepared statement {prepared.name} keeps disappearing")
+
+
+async def run_prepared_async(
+    conn: psycopg.AsyncConnection[Any], prepared: PreparedQuery, args: list[bytes | None]
+) -> Any:
+    """`run_prepared` on an asyncio connection."""
+    pgconn = conn.pgconn
+    name = prepared.name.encode()
+    names = _protocol_prepared.setdefault(conn, set())
+    async with conn.lock:
+        for _ in (1, 2):
+            if name not in names:
+                pgconn.send_prepare(name, prepared.protocol)
+                _prepared_ok((await conn.wait(execute_gen(pgconn)))[-1], "utf-8")
+                names.add(name)
+            pgconn.send_query_prepared(name, args)
+            results = await conn.wait(execute_gen(pgconn))
+            done, value = _answer(prepared, names, results[-1], "utf-8")
+            if done:
+                return value
+    raise psycopg.OperationalError(f"prepared statement {prepared.name} keeps disappearing")
