@@ -41,7 +41,7 @@ JOB_STATUSES = ("todo", "doing", *FINISHED_STATUSES)
 logger = logging.getLogger("procq_sqla.manager")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would cost a setattr call per field
 class Plan(Generic[T]):
     """A query, its parameters, and how to shape its rows; or, with `value=True`, its
     first column of its first row (a defer's id: no row dict on the hottest path)."""

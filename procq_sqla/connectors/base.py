@@ -267,9 +267,13 @@ def is_transient_connect_error(exc: BaseException) -> bool:
 
 
 def is_idle(conn: Any) -> bool:
-    """Open and outside any transaction: libpq's PQTRANS_IDLE (0), which psycopg 3 and
-    psycopg2 (so aiopg too) both report as `conn.info.transaction_status`."""
-    return not conn.closed and conn.info.transaction_status == 0
+    """Open and outside any transaction: libpq's PQTRANS_IDLE (0), read straight from
+    psycopg 3's `pgconn` or psycopg2's C method (`conn.info` builds an object per call;
+    a closed connection reports PQTRANS_UNKNOWN, or is closed)."""
+    pgconn = getattr(conn, "pgconn", None)
+    if pgconn is not None:
+        return bool(pgconn.transaction_status == 0)
+    return not conn.closed and conn.get_transaction_status() == 0
 
 
 def as_dicts(description: Iterable[Sequence[Any]], rows: Iterable[Sequence[Any]]) -> list[Row]:
@@ -286,11 +290,14 @@ def has_unread_input(fd: int) -> bool:
     57P01 then end of file, after pg_terminate_backend or a restart): the connection is
     dead and must be discarded before a statement is sent, which costs no round trip."""
     try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
+        if _poll is not None:
+            poller = _poll()
             poller.register(fd, select.POLLIN)
             return bool(poller.poll(0))
         readable, _, _ = select.select([fd], [], [], 0)
         return bool(readable)
     except (OSError, ValueError):
         return True
+
+
+_poll = getattr(select, "poll", None)  # not on Windows

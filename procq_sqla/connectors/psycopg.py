@@ -16,8 +16,7 @@ import contextlib
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -60,22 +59,35 @@ AsyncPoolLease = tuple[
 MAX_DISCARDS = 32
 
 
-@contextmanager
-def wrap_exceptions(secrets: Iterable[str] = ()) -> Iterator[None]:
-    """The one place psycopg's and psycopg_pool's errors become procq_sqla's."""
-    try:
-        yield
-    except psycopg_pool.PoolTimeout as exc:  # before psycopg.Error: it is a subclass
-        raise ConnectorError(
-            f"no database connection became available in time ({mask_password(str(exc))}): "
-            "raise the pool's max_size or timeout"
-        ) from exc
-    except psycopg.Error as exc:
-        raise translate_error(
-            exc, sqlstate=exc.sqlstate, constraint=exc.diag.constraint_name, secrets=secrets
-        ) from exc
-    except psycopg_pool.PoolClosed as exc:
-        raise AppNotOpen() from exc
+class wrap_exceptions:
+    """The one place psycopg's and psycopg_pool's errors become procq_sqla's. A class,
+    not a @contextmanager: no generator per statement on the defer path."""
+
+    __slots__ = ("secrets",)
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = secrets
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if isinstance(exc, psycopg_pool.PoolTimeout):  # before psycopg.Error: a subclass
+            raise ConnectorError(
+                f"no database connection became available in time ({mask_password(str(exc))}): "
+                "raise the pool's max_size or timeout"
+            ) from exc
+        if isinstance(exc, psycopg.Error):
+            raise translate_error(
+                exc,
+                sqlstate=exc.sqlstate,
+                constraint=exc.diag.constraint_name,
+                secrets=self.secrets,
+            ) from exc
+        if isinstance(exc, psycopg_pool.PoolClosed):
+            raise AppNotOpen() from exc
 
 
 def is_stale_connection_error(exc: psycopg.Error) -> bool:

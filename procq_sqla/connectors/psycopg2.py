@@ -14,8 +14,7 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg2
@@ -50,19 +49,29 @@ MAX_DISCARDS = 32
 PoolLease = tuple[psycopg2.pool.ThreadedConnectionPool, threading.BoundedSemaphore, Any, Any]
 
 
-@contextmanager
-def wrap_exceptions(secrets: Iterable[str] = ()) -> Iterator[None]:
-    """The one place psycopg2's errors become procq_sqla's."""
-    try:
-        yield
-    except psycopg2.Error as exc:
-        diag = getattr(exc, "diag", None)
-        raise translate_error(
-            exc,
-            sqlstate=exc.pgcode,
-            constraint=getattr(diag, "constraint_name", None),
-            secrets=secrets,
-        ) from exc
+class wrap_exceptions:
+    """The one place psycopg2's errors become procq_sqla's (a class: no generator per
+    statement, see `connectors.psycopg.wrap_exceptions`)."""
+
+    __slots__ = ("secrets",)
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = secrets
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if isinstance(exc, psycopg2.Error):
+            diag = getattr(exc, "diag", None)
+            raise translate_error(
+                exc,
+                sqlstate=exc.pgcode,
+                constraint=getattr(diag, "constraint_name", None),
+                secrets=self.secrets,
+            ) from exc
 
 
 def is_dead(conn: Any) -> bool:
