@@ -160,8 +160,8 @@ def serialize_args(args: Mapping[str, Any], dumps: Any) -> str:
         raise JobArgumentsError(_describe_bad_argument(args, dumps, exc)) from exc
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise JobArgumentsError(_NUL_MESSAGE)
-    try:
-        size = len(text.encode("utf-8"))
+    try:  # ASCII (most arguments) is its own size in UTF-8 and holds no surrogate
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise JobArgumentsError(_SURROGATE_MESSAGE) from exc
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate_escape(text):

@@ -36,19 +36,27 @@ RETRYABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
+def _c_encode() -> Callable[[Any, int], Any]:
+    """A C encoder with `_ENCODER`'s options: what `JSONEncoder.encode` builds anew on
+    every call through two Python frames. Its circular-reference markers live as long as
+    it does, so one is never kept past a call (or a batch)."""
+    return c_make_encoder(  # type: ignore[no-any-return]
+        {}, _ENCODER.default, encode_basestring, None, ":", ",", False, False, False
+    )
+
+
 def default_json_dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return _ENCODER.encode(value)
+    return "".join(_c_encode()(value, 0))
 
 
 def default_json_dumps_many(values: list[Any]) -> list[str]:
-    """`default_json_dumps` of each value, with one C encoder for the whole list (what
-    `JSONEncoder.encode` builds anew on every call, which dominated a big batch_defer).
-    The same texts and the same errors (circular reference, NaN, unknown type)."""
+    """`default_json_dumps` of each value, with one C encoder for the whole list. The
+    same texts and the same errors (circular reference, NaN, unknown type)."""
     if c_make_encoder is None:  # pragma: no cover - CPython always has it
         return [_ENCODER.encode(value) for value in values]
-    encode = c_make_encoder(
-        {}, _ENCODER.default, encode_basestring, None, ":", ",", False, False, False
-    )
+    encode = _c_encode()
     return ["".join(encode(value, 0)) for value in values]
 
 

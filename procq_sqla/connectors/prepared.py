@@ -51,7 +51,7 @@ class PreparedQuery:
     load: ValueLoad  # the first column of the first row, from its text
 
     def args(self, params: Params) -> tuple[Any, ...]:
-        return tuple(params[key] for key in self.keys)
+        return tuple(map(params.__getitem__, self.keys))
 
     def text_args(self, params: Params) -> list[bytes | None] | None:
         """The parameters in PostgreSQL's text format, or None when one is not a plain

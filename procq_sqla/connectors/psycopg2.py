@@ -102,7 +102,9 @@ def execute(conn: Any, cursor: Any, query: str, params: Params) -> None:
     if prepared is None or not conn.autocommit:
         cursor.execute(query, dict(params))
         return
-    names = _prepared.setdefault(conn, set())
+    names = _prepared.get(conn)
+    if names is None:  # (setdefault would build a weakref and a set on every call)
+        names = _prepared[conn] = set()
     if prepared.name not in names:
         # already there in a session shared through a pooler: the same text (digest)
         with contextlib.suppress(psycopg2.errors.DuplicatePreparedStatement):
