@@ -310,7 +310,19 @@ def copy_defer_data(task_name: str, options: JobOptions, args_json: Sequence[str
             yield "".join([head + text + tail for text in texts])
 
 
+def is_plain(options: JobOptions) -> bool:
+    """No priority, lock, queueing lock or schedule: `defer_plain_job` inserts it."""
+    return (
+        options.priority == 0
+        and options.lock is None
+        and options.queueing_lock is None
+        and options.scheduled_at is None
+    )
+
+
 def defer_params(task_name: str, options: JobOptions, args_json: str) -> dict[str, Any]:
+    if is_plain(options):
+        return {"queue": options.queue, "task_name": task_name, "args": args_json}
     return {
         "queue": options.queue,
         "task_name": task_name,

@@ -21,6 +21,7 @@ from .jobs import (
     batch_defer_params,
     copy_defer_data,
     defer_params,
+    is_plain,
     match_batch_ids,
 )
 from .sql import queries
@@ -193,7 +194,8 @@ class JobManager:
 
     @staticmethod
     def plan_defer(task_name: str, options: JobOptions, args_json: str) -> Plan[int]:
-        return Plan(queries["defer_job"], defer_params(task_name, options, args_json), int, True)
+        query = queries["defer_plain_job" if is_plain(options) else "defer_job"]
+        return Plan(query, defer_params(task_name, options, args_json), int, True)
 
     @staticmethod
     def plan_batch_defer(

@@ -104,9 +104,10 @@ def prepared_query(label: str, query: str, load: ValueLoad = int) -> PreparedQue
     )
 
 
-# The hot queries, each answering one value (defer_job: the new job's id).
+# The hot queries, each answering one value (the new job's id).
 PREPARED_QUERIES: dict[str, PreparedQuery] = {
-    queries[label]: prepared_query(label, queries[label]) for label in ("defer_job",)
+    queries[label]: prepared_query(label, queries[label])
+    for label in ("defer_job", "defer_plain_job")
 }
 
 # Which of them each live psycopg 3 connection holds, by name.

@@ -11,9 +11,10 @@ that `AlreadyEnqueued` leaves the session usable.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -411,6 +412,14 @@ def _is_dead(dbapi: Any) -> bool:
     return bool(dbapi.closed) or has_unread_input(dbapi.fileno())
 
 
+@functools.cache
+def _psycopg2_execute() -> Callable[[Any, Any, str, Params], None]:
+    """`connectors.psycopg2.execute`, imported on first use (psycopg2 is optional)."""
+    from ..connectors.psycopg2 import execute
+
+    return execute
+
+
 def _statement(dbapi: Any, cursor: Any, query: str, params: Params, fetch: str) -> Any:
     """One statement in autocommit on a borrowed connection of either driver: psycopg2
     runs the hot queries as server-side prepared statements (`connectors.psycopg2`);
@@ -421,9 +430,7 @@ def _statement(dbapi: Any, cursor: Any, query: str, params: Params, fetch: str) 
             return run_prepared(dbapi, *hot)
         cursor.execute(query, params)
     else:
-        from ..connectors.psycopg2 import execute
-
-        execute(dbapi, cursor, query, params)
+        _psycopg2_execute()(dbapi, cursor, query, params)
     if fetch == "value":
         row = cursor.fetchone()
         return None if row is None else row[0]

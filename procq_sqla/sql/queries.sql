@@ -11,6 +11,14 @@ VALUES (%(queue)s, %(task_name)s, %(args)s::jsonb, %(priority)s, %(lock)s,
         %(queueing_lock)s, %(scheduled_at)s)
 RETURNING id, pg_notify('procq_jobs', queue) AS notified
 
+-- name: defer_plain_job --
+-- defer_job for the most common job: no priority, lock, queueing lock or schedule. Three
+-- parameters instead of seven: psycopg2's EXECUTE text and the server's parameter
+-- set-up shrink with them (about 8 µs of a defer's 100 without the WAL flush).
+INSERT INTO procq_jobs (queue, task_name, args)
+VALUES (%(queue)s, %(task_name)s, %(args)s::jsonb)
+RETURNING id, pg_notify('procq_jobs', queue) AS notified
+
 -- name: batch_defer_jobs --
 -- Insert many jobs of one task and options in one statement: the arguments come as one
 -- JSON array (parsed once by the server, no per-element array quoting); ids come back in
