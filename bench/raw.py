@@ -35,6 +35,13 @@ def single_inserts(conn: psycopg.Connection[Any], n: int) -> None:
         conn.execute(RAW_INSERT, (QUEUE, NOOP_ASYNC, f'{{"i": {i}}}')).fetchone()
 
 
+async def single_inserts_async(conn: psycopg.AsyncConnection[Any], n: int) -> None:
+    """`single_inserts` through psycopg's asyncio connection: the baseline of
+    `defer_async`, which pays for the same event-loop wake-up per statement."""
+    for i in range(n):
+        await (await conn.execute(RAW_INSERT, (QUEUE, NOOP_ASYNC, f'{{"i": {i}}}'))).fetchone()
+
+
 def copy_rows(conn: psycopg.Connection[Any], n: int) -> None:
     copy_jobs(conn, n, table="bench_raw_jobs")
 

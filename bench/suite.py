@@ -53,15 +53,17 @@ class Context:
 
 def defer_workload(ctx: Context, name: str) -> Measure:
     n = ctx.sizes.defers
+    baseline_title = "single-row INSERT, autocommit"
     if name == "defer_async":
         title, opener = "defer_async(), PsycopgConnector", None
+        baseline_title += ", psycopg AsyncConnection"
     else:
         title, opener = procq.SYNC_CONNECTORS[name]
     m = Measure(
         name,
         title,
         "jobs/s",
-        baseline_title="single-row INSERT, autocommit",
+        baseline_title=baseline_title,
         target="≥0.9x baseline",
         check=ratio_at_least(0.9),
     )
@@ -79,7 +81,7 @@ def defer_workload(ctx: Context, name: str) -> Measure:
                 raw.single_inserts(conn, count)
 
             if opener is None:
-                ours, base = procq.defer_async_many(ctx.url, n, baseline, DEFER_CHUNKS)
+                ours, base = procq.defer_async_many(ctx.url, n, DEFER_CHUNKS)
             else:
                 ours, base = procq.defer_many(opener, ctx.url, n, baseline, DEFER_CHUNKS)
         m.runs.append(size * DEFER_CHUNKS / ours)
