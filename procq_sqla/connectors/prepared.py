@@ -1,18 +1,20 @@
-"""The hottest statement (one `defer()` per web request) as a server-side prepared
-statement, run below the drivers' general machinery.
+"""The hottest statements (one `defer()` per web request, the worker's claim) as
+server-side prepared statements, run below the drivers' general machinery.
 
 psycopg2 sends a query's text every time, and the server parsing and planning
 `defer_job` again costs about as much as executing it: the psycopg2-based connectors
-PREPARE it once per connection and EXECUTE it (`connectors.psycopg2.execute`).
+PREPARE the defers once per connection and EXECUTE them (`connectors.psycopg2.execute`).
 
 psycopg 3 prepares by itself, but its cursor spends about 50 µs per statement in Python
 (query conversion, adapters, result objects), as much as the server spends on the job's
-row beyond a bare INSERT. For a statement whose parameters are plain scalars and whose
-answer is one value, `run_prepared` talks to libpq directly: parameters as text, the
-protocol's own Bind/Execute of a statement prepared once per connection, and psycopg's
-own wait loop (so the GIL is released, Ctrl-C cancels, notices still go to psycopg). Any
-other parameter, a connection that is not in autocommit, or one told not to prepare
-(`prepare_threshold=None`, as behind PgBouncer in transaction mode) takes the cursor.
+row beyond a bare INSERT, and about 0.1 ms of a cold worker's wake-up. For a statement
+whose parameters are plain scalars (or lists of text), `run_prepared` talks to libpq
+directly: parameters as text, the protocol's own Bind/Execute of a statement prepared
+once per connection, and psycopg's own wait loop (so the GIL is released, Ctrl-C
+cancels, notices still go to psycopg); the rows are loaded by psycopg's own Transformer
+with the cursor's adapters. Any other parameter, a connection that is not in
+autocommit, or one told not to prepare (`prepare_threshold=None`, as behind PgBouncer
+in transaction mode) takes the cursor.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from typing import Any
 
 import psycopg
 from psycopg import errors
+from psycopg.abc import AdaptContext
+from psycopg.adapt import Transformer
 from psycopg.generators import execute as execute_gen
 from psycopg.pq import ExecStatus
+from psycopg.pq.abc import PGresult
 
 from ..sql import queries
 from .base import Params
@@ -55,8 +60,8 @@ class PreparedQuery:
 
     def text_args(self, params: Params) -> list[bytes | None] | None:
         """The parameters in PostgreSQL's text format, or None when one is not a plain
-        str, int or datetime (or holds a NUL, which text format cannot carry): the
-        driver's adapters then handle them, errors included."""
+        str, int, datetime or list of str (or holds a NUL, which text format cannot
+        carry): the driver's adapters then handle them, errors included."""
         out: list[bytes | None] = []
         for key in self.keys:
             value = params[key]
@@ -71,9 +76,25 @@ class PreparedQuery:
                 out.append(b"%d" % value)
             elif kind is datetime:
                 out.append(value.isoformat().encode())
+            elif kind is list:
+                array = text_array(value)
+                if array is None:
+                    return None
+                out.append(array)
             else:
                 return None
         return out
+
+
+def text_array(values: list[Any]) -> bytes | None:
+    """A list of str as a text[] literal, every element quoted (so "NULL", commas and
+    braces stay text) with backslash and double quote escaped; None for anything else."""
+    parts = []
+    for value in values:
+        if type(value) is not str or "\x00" in value:
+            return None
+        parts.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return ("{" + ",".join(parts) + "}").encode()
 
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
@@ -104,10 +125,16 @@ def prepared_query(label: str, query: str, load: ValueLoad = int) -> PreparedQue
     )
 
 
-# The hot queries, each answering one value (the new job's id).
+# The hot queries: the defers (their value is the new job's id) and the claims.
 PREPARED_QUERIES: dict[str, PreparedQuery] = {
     queries[label]: prepared_query(label, queries[label])
-    for label in ("defer_job", "defer_plain_job")
+    for label in (
+        "defer_job",
+        "defer_plain_job",
+        "claim_jobs_any_queue",
+        "claim_jobs_in_queue",
+        "claim_jobs_in_queues",
+    )
 }
 
 # Which of them each live psycopg 3 connection holds, by name.
@@ -133,32 +160,29 @@ def protocol_args(
     return None if args is None else (prepared, args)
 
 
-def _answer(
-    prepared: PreparedQuery, names: set[bytes], result: Any, encoding: str
-) -> tuple[bool, Any]:
-    """(done, value) from the result of an EXECUTE; not done when the statement must be
-    prepared again first. Errors are psycopg's own exceptions."""
+def _executed(prepared: PreparedQuery, names: set[bytes], result: Any) -> bool:
+    """True when the EXECUTE ran (its rows are in `result`); False when the statement
+    must be prepared again first. Errors are psycopg's own exceptions."""
     if result.status == ExecStatus.TUPLES_OK:
-        value = result.get_value(0, 0) if result.ntuples else None
-        return True, None if value is None else prepared.load(value)
+        return True
     if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == _GONE.encode():
         names.discard(prepared.name.encode())
-        return False, None
-    raise errors.error_from_result(result, encoding=encoding)
+        return False
+    raise errors.error_from_result(result, encoding="utf-8")
 
 
-def _prepared_ok(result: Any, encoding: str) -> None:
+def _prepared_ok(result: Any) -> None:
     if result.status == ExecStatus.COMMAND_OK:
         return
     if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == _EXISTS.encode():
         return
-    raise errors.error_from_result(result, encoding=encoding)
+    raise errors.error_from_result(result, encoding="utf-8")
 
 
 def run_prepared(
     conn: psycopg.Connection[Any], prepared: PreparedQuery, args: list[bytes | None]
-) -> Any:
-    """Execute `prepared` with text `args` on an idle autocommit connection; its value."""
+) -> PGresult:
+    """Execute `prepared` with text `args` on an idle autocommit connection."""
     pgconn = conn.pgconn
     name = prepared.name.encode()
     names = _protocol_prepared.setdefault(conn, set())
@@ -166,18 +190,18 @@ def run_prepared(
         for _ in (1, 2):
             if name not in names:
                 pgconn.send_prepare(name, prepared.protocol)
-                _prepared_ok(conn.wait(execute_gen(pgconn))[-1], "utf-8")
+                _prepared_ok(conn.wait(execute_gen(pgconn))[-1])
                 names.add(name)
             pgconn.send_query_prepared(name, args)
-            done, value = _answer(prepared, names, conn.wait(execute_gen(pgconn))[-1], "utf-8")
-            if done:
-                return value
+            result: PGresult = conn.wait(execute_gen(pgconn))[-1]
+            if _executed(prepared, names, result):
+                return result
     raise psycopg.OperationalError(f"prepared statement {prepared.name} keeps disappearing")
 
 
 async def run_prepared_async(
     conn: psycopg.AsyncConnection[Any], prepared: PreparedQuery, args: list[bytes | None]
-) -> Any:
+) -> PGresult:
     """`run_prepared` on an asyncio connection."""
     pgconn = conn.pgconn
     name = prepared.name.encode()
@@ -186,11 +210,28 @@ async def run_prepared_async(
         for _ in (1, 2):
             if name not in names:
                 pgconn.send_prepare(name, prepared.protocol)
-                _prepared_ok((await conn.wait(execute_gen(pgconn)))[-1], "utf-8")
+                _prepared_ok((await conn.wait(execute_gen(pgconn)))[-1])
                 names.add(name)
             pgconn.send_query_prepared(name, args)
-            results = await conn.wait(execute_gen(pgconn))
-            done, value = _answer(prepared, names, results[-1], "utf-8")
-            if done:
-                return value
+            result: PGresult = (await conn.wait(execute_gen(pgconn)))[-1]
+            if _executed(prepared, names, result):
+                return result
     raise psycopg.OperationalError(f"prepared statement {prepared.name} keeps disappearing")
+
+
+def shaped(result: PGresult, prepared: PreparedQuery, fetch: str, context: AdaptContext) -> Any:
+    """A `run_prepared` result as `fetch` ("value", "one", "all") asks: the value by the
+    statement's own `load`, rows as dicts through psycopg's Transformer with `context`'s
+    adapters (a cursor's, so a custom JSON loader applies)."""
+    if fetch == "value":
+        value = result.get_value(0, 0) if result.ntuples else None
+        return None if value is None else prepared.load(value)
+    names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+    transformer = Transformer(context)
+    transformer.set_pgresult(result)
+    rows = transformer.load_rows(
+        0, result.ntuples, lambda values: dict(zip(names, values, strict=True))
+    )
+    if fetch == "one":
+        return rows[0] if rows else None
+    return rows

@@ -45,7 +45,7 @@ from .base import (
     is_idle,
     translate_error,
 )
-from .prepared import protocol_args, run_prepared_async
+from .prepared import protocol_args, run_prepared_async, shaped
 from .spare import AsyncSpare
 
 PoolFactory = Callable[..., psycopg_pool.AsyncConnectionPool[Any]]
@@ -126,8 +126,8 @@ async def run_statement_async(
     when the connection is not in autocommit (a pool handed to `open_async(pool)`). The
     cursor lives as long as the connection stays out of the pool (see `run_statement`)."""
     conn = cur.connection
-    if fetch == "value" and (hot := protocol_args(conn, query, params)) is not None:
-        return await run_prepared_async(conn, *hot)
+    if fetch != "none" and (hot := protocol_args(conn, query, params)) is not None:
+        return shaped(await run_prepared_async(conn, *hot), hot[0], fetch, cur)
     try:
         await cur.execute(query, params)
         if fetch == "one":

@@ -32,7 +32,7 @@ from .base import (
     dsn_secrets,
     is_idle,
 )
-from .prepared import protocol_args, run_prepared
+from .prepared import protocol_args, run_prepared, shaped
 from .psycopg import (
     MAX_DISCARDS,
     connection_kwargs,
@@ -65,10 +65,10 @@ def run_statement(cur: psycopg.Cursor[Any], query: str, params: Params, fetch: s
     when the connection is not in autocommit (a pool handed to `open(pool)`). The cursor
     lives as long as the connection stays out of the pool: making and closing one per
     statement cost about 20 µs of CPU, more than the rest of a defer's client side. A
-    hot statement asked for its value skips the cursor (`prepared.run_prepared`)."""
+    hot statement skips the cursor (`prepared.run_prepared`)."""
     conn = cur.connection
-    if fetch == "value" and (hot := protocol_args(conn, query, params)) is not None:
-        return run_prepared(conn, *hot)
+    if fetch != "none" and (hot := protocol_args(conn, query, params)) is not None:
+        return shaped(run_prepared(conn, *hot), hot[0], fetch, cur)
     try:
         cur.execute(query, params)
         if fetch == "one":

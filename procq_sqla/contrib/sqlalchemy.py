@@ -39,7 +39,7 @@ from ..connectors.base import (
     is_idle,
     translate_error,
 )
-from ..connectors.prepared import protocol_args, run_prepared
+from ..connectors.prepared import protocol_args, run_prepared, shaped
 from ..connectors.psycopg import PsycopgConnector
 from ..connectors.spare import Spare
 from ..database import mask_password, sqlalchemy_url
@@ -427,7 +427,7 @@ def _statement(dbapi: Any, cursor: Any, query: str, params: Params, fetch: str) 
     cursor (`connectors.prepared`)."""
     if isinstance(dbapi, psycopg.Connection):
         if fetch == "value" and (hot := protocol_args(dbapi, query, params)) is not None:
-            return run_prepared(dbapi, *hot)
+            return shaped(run_prepared(dbapi, *hot), hot[0], fetch, cursor)
         cursor.execute(query, params)
     else:
         _psycopg2_execute()(dbapi, cursor, query, params)

@@ -6,14 +6,16 @@ or preparing would be wrong."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 
-from procq_sqla import App, ConnectorError, PsycopgConnector, SyncPsycopgConnector
-from procq_sqla.connectors.prepared import PREPARED_QUERIES, prepared_query
+from procq_sqla import App, ConnectorError, JobContext, PsycopgConnector, SyncPsycopgConnector
+from procq_sqla.connectors.prepared import PREPARED_QUERIES, prepared_query, text_array
 from procq_sqla.sql import queries
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -213,3 +215,75 @@ async def test_defer_async_runs_as_a_protocol_prepared_statement(db_url: str, db
         first,
         second,
     ]
+
+
+ODD_QUEUES = ['q "quoted"', "back\\slash", "a,b", "{braces}", "NULL", " spaced ", "é"]
+
+
+@pytest.mark.parametrize("values", [ODD_QUEUES, [], [""], ["plain"]])
+def test_text_arrays_reach_the_server_as_the_same_list(values: list[str], db: Conn) -> None:
+    literal = text_array(values)
+    assert literal is not None
+    row = db.execute("SELECT %s::text::text[] AS a", (literal.decode(),)).fetchone()
+    assert row == {"a": values}
+
+
+def test_text_arrays_refuse_what_text_format_cannot_carry() -> None:
+    assert text_array(["a\x00b"]) is None
+    assert text_array(["a", 1]) is None
+
+
+async def test_workers_of_oddly_named_queues_claim_exactly_their_jobs(
+    db_url: str, db: Conn
+) -> None:
+    app = App(connector=PsycopgConnector(conninfo=db_url, max_size=1))
+    async with app.open_async():
+
+        @app.task(name="t")
+        async def t() -> None: ...
+
+        ids = {queue: await t.configure(queue=queue).defer_async() for queue in ODD_QUEUES}
+        other = await t.configure(queue="other").defer_async()
+        # one queue (claim_jobs_in_queue), then the rest at once (claim_jobs_in_queues)
+        await app.run_worker_async(queues=[ODD_QUEUES[0]], wait=False)
+        assert status(db, ids[ODD_QUEUES[0]]) == "succeeded"
+        assert status(db, ids[ODD_QUEUES[1]]) == "todo"
+        await app.run_worker_async(queues=ODD_QUEUES[1:], wait=False)
+        rows = await app.async_connector().fetch_all_async(
+            "SELECT name FROM pg_prepared_statements", {}
+        )
+
+    assert {queue: status(db, job_id) for queue, job_id in ids.items()} == dict.fromkeys(
+        ODD_QUEUES, "succeeded"
+    )
+    assert status(db, other) == "todo"
+    names = {r["name"] for r in rows}
+    assert PREPARED_QUERIES[queries["claim_jobs_in_queue"]].name in names
+    assert PREPARED_QUERIES[queries["claim_jobs_in_queues"]].name in names
+
+
+async def test_claimed_rows_are_loaded_with_the_connectors_json_loads(db_url: str) -> None:
+    def loads(data: str | bytes) -> Any:
+        return json.loads(data, parse_float=Decimal)
+
+    app = App(connector=PsycopgConnector(conninfo=db_url, json_loads=loads))
+    seen: list[Any] = []
+    async with app.open_async():
+
+        @app.task(name="t", pass_context=True)
+        async def t(context: JobContext, price: Any) -> None:
+            seen.append((price, context.job.scheduled_at, context.job.created_at))
+
+        await t.defer_async(price=1.25)
+        await app.run_worker_async(wait=False)
+
+    ((price, scheduled_at, created_at),) = seen
+    assert price == Decimal("1.25") and isinstance(price, Decimal)
+    assert scheduled_at is None
+    assert isinstance(created_at, dt.datetime) and created_at.tzinfo is not None
+
+
+def status(db: Conn, job_id: int) -> str:
+    row = db.execute("SELECT status FROM procq_jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None
+    return str(row["status"])
