@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import select
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
@@ -179,6 +180,30 @@ class LockRace(ConnectorError):
     """Another worker claimed a job of the same lock at the same instant; claim again."""
 
 
+class ErrorWrapper(ABC):
+    """Base of each driver's `wrap_exceptions`: `with wrap_exceptions(secrets):` turns
+    the driver's errors into procq_sqla's, with `secrets` masked. A class rather than a
+    @contextmanager: no generator per statement on the defer path."""
+
+    __slots__ = ("secrets",)
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = secrets
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is not None and (translated := self.translate(exc)) is not None:
+            raise translated from exc
+
+    @abstractmethod
+    def translate(self, exc: BaseException) -> BaseException | None:
+        """procq_sqla's exception for the driver's `exc`; None lets `exc` through."""
+
+
 def translate_error(
     exc: BaseException,
     *,
@@ -289,6 +314,22 @@ def as_dicts(description: Iterable[Sequence[Any]], rows: Iterable[Sequence[Any]]
     cursor class that builds each row in Python)."""
     names = [column[0] for column in description]
     return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def fetch_result(cur: Any, fetch: str) -> Any:
+    """What `fetch` ("none", "one", "all", "value") asks of a plain DBAPI cursor that
+    just ran a statement (psycopg2's, or psycopg's tuple cursor under SQLAlchemy). Rows
+    become dicts here: RealDictCursor builds each row in Python, which cost more than the
+    rest of a defer's client side; "value" (a defer's id) builds none."""
+    if fetch == "value":
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    if fetch == "one":
+        row = cur.fetchone()
+        return None if row is None else as_dicts(cur.description, [row])[0]
+    if fetch == "all":
+        return as_dicts(cur.description, cur.fetchall())
+    return None
 
 
 def has_unread_input(fd: int) -> bool:

@@ -16,7 +16,7 @@ import contextlib
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -34,6 +34,7 @@ from .base import (
     RETRYABLE_SQLSTATES,
     AsyncQueryMethods,
     CopyPlan,
+    ErrorWrapper,
     JSONDumps,
     JSONLoads,
     NotifyCallback,
@@ -59,35 +60,27 @@ AsyncPoolLease = tuple[
 MAX_DISCARDS = 32
 
 
-class wrap_exceptions:
-    """The one place psycopg's and psycopg_pool's errors become procq_sqla's. A class,
-    not a @contextmanager: no generator per statement on the defer path."""
+class wrap_exceptions(ErrorWrapper):
+    """The one place psycopg's and psycopg_pool's errors become procq_sqla's."""
 
-    __slots__ = ("secrets",)
+    __slots__ = ()
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = secrets
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
+    def translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, psycopg_pool.PoolTimeout):  # before psycopg.Error: a subclass
-            raise ConnectorError(
+            return ConnectorError(
                 f"no database connection became available in time ({mask_password(str(exc))}): "
                 "raise the pool's max_size or timeout"
-            ) from exc
+            )
         if isinstance(exc, psycopg.Error):
-            raise translate_error(
+            return translate_error(
                 exc,
                 sqlstate=exc.sqlstate,
                 constraint=exc.diag.constraint_name,
                 secrets=self.secrets,
-            ) from exc
+            )
         if isinstance(exc, psycopg_pool.PoolClosed):
-            raise AppNotOpen() from exc
+            return AppNotOpen()
+        return None
 
 
 def is_stale_connection_error(exc: psycopg.Error) -> bool:

@@ -14,7 +14,6 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Iterable
 from typing import Any
 
 import psycopg2
@@ -25,15 +24,16 @@ import psycopg2.pool
 from ..exceptions import AppNotOpen, ConnectorError, WrongConnector
 from .base import (
     ALL_DEAD,
+    ErrorWrapper,
     JSONDumps,
     JSONLoads,
     Params,
     SyncQueryMethods,
-    as_dicts,
     connect_error,
     default_json_dumps,
     describe_params,
     dsn_secrets,
+    fetch_result,
     has_unread_input,
     is_idle,
     translate_error,
@@ -49,29 +49,21 @@ MAX_DISCARDS = 32
 PoolLease = tuple[psycopg2.pool.ThreadedConnectionPool, threading.BoundedSemaphore, Any, Any]
 
 
-class wrap_exceptions:
-    """The one place psycopg2's errors become procq_sqla's (a class: no generator per
-    statement, see `connectors.psycopg.wrap_exceptions`)."""
+class wrap_exceptions(ErrorWrapper):
+    """The one place psycopg2's errors become procq_sqla's."""
 
-    __slots__ = ("secrets",)
+    __slots__ = ()
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = secrets
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if isinstance(exc, psycopg2.Error):
-            diag = getattr(exc, "diag", None)
-            raise translate_error(
-                exc,
-                sqlstate=exc.pgcode,
-                constraint=getattr(diag, "constraint_name", None),
-                secrets=self.secrets,
-            ) from exc
+    def translate(self, exc: BaseException) -> BaseException | None:
+        if not isinstance(exc, psycopg2.Error):
+            return None
+        diag = getattr(exc, "diag", None)
+        return translate_error(
+            exc,
+            sqlstate=exc.pgcode,
+            constraint=getattr(diag, "constraint_name", None),
+            secrets=self.secrets,
+        )
 
 
 def is_dead(conn: Any) -> bool:
@@ -116,22 +108,6 @@ def execute(conn: Any, cursor: Any, query: str, params: Params) -> None:
         # dropped behind our back (DISCARD ALL, a transaction-mode pooler): never ran
         names.discard(prepared.name)
         cursor.execute(query, dict(params))
-
-
-def fetch_result(cur: Any, fetch: str) -> Any:
-    """What `fetch` ("none", "one", "all", "value") asks of a plain psycopg2 cursor that
-    just ran a statement. Rows become dicts here: RealDictCursor builds each row in
-    Python, which cost more than the rest of a defer's client side; "value" (a defer's
-    id) builds none."""
-    if fetch == "value":
-        row = cur.fetchone()
-        return None if row is None else row[0]
-    if fetch == "one":
-        row = cur.fetchone()
-        return None if row is None else as_dicts(cur.description, [row])[0]
-    if fetch == "all":
-        return as_dicts(cur.description, cur.fetchall())
-    return None
 
 
 def run_statement(cur: Any, query: str, params: Params, fetch: str) -> Any:

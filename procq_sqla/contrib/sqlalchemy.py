@@ -33,8 +33,8 @@ from ..connectors.base import (
     JSONLoads,
     Params,
     Row,
-    as_dicts,
     default_json_dumps,
+    fetch_result,
     has_unread_input,
     is_idle,
     translate_error,
@@ -431,15 +431,7 @@ def _statement(dbapi: Any, cursor: Any, query: str, params: Params, fetch: str) 
         cursor.execute(query, params)
     else:
         _psycopg2_execute()(dbapi, cursor, query, params)
-    if fetch == "value":
-        row = cursor.fetchone()
-        return None if row is None else row[0]
-    if fetch == "one":
-        row = cursor.fetchone()
-        return None if row is None else as_dicts(cursor.description, [row])[0]
-    if fetch == "all":
-        return as_dicts(cursor.description, cursor.fetchall())
-    return None
+    return fetch_result(cursor, fetch)
 
 
 def _sqlstate(exc: BaseException) -> str | None:
