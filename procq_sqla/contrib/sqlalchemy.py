@@ -33,6 +33,7 @@ from ..connectors.base import (
     JSONLoads,
     Params,
     Row,
+    SyncQueryMethods,
     default_json_dumps,
     fetch_result,
     has_unread_input,
@@ -192,7 +193,7 @@ def libpq_params(engine: Engine, connect_args: Mapping[str, Any] | None = None) 
     return params
 
 
-class SQLAlchemyPsycopg2Connector:
+class SQLAlchemyPsycopg2Connector(SyncQueryMethods):
     """Sync connector that borrows connections from a SQLAlchemy engine's pool.
 
     `app.open(engine)` lends it the application's engine (psycopg2 or psycopg 3 dialect);
@@ -331,20 +332,6 @@ class SQLAlchemyPsycopg2Connector:
                 _set_json_loads(dbapi, cursor, self.json_loads)
             return (engine, proxy, dbapi, previous, cursor), time.monotonic()
         raise ConnectorError(ALL_DEAD)
-
-    def execute(self, query: str, params: Params) -> None:
-        self._run(query, params, "none")
-
-    def fetch_one(self, query: str, params: Params) -> Row | None:
-        row: Row | None = self._run(query, params, "one")
-        return row
-
-    def fetch_all(self, query: str, params: Params) -> list[Row]:
-        rows: list[Row] = self._run(query, params, "all")
-        return rows
-
-    def fetch_value(self, query: str, params: Params) -> Any:
-        return self._run(query, params, "value")
 
     # -- the paired async connector ----------------------------------------------------------
 
