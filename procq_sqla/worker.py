@@ -66,6 +66,15 @@ GIVE_BACK_AFTER = 0.1
 # How long a stopping worker tries to give back its jobs claimed ahead (in an outage the
 # rescue does it later).
 RELEASE_AT_STOP_TIMEOUT = 5.0
+# How long a stopping worker keeps trying to record outcomes in an outage (the rescue
+# re-runs the rest once its heartbeat expires), each attempt cut at that deadline so that
+# a pool waiting for a connection cannot add its own timeout; then how long it tries to
+# unregister.
+OUTCOMES_AT_STOP_TIMEOUT = 30.0
+UNREGISTER_AT_STOP_TIMEOUT = 5.0
+# A claim still waiting this long after a stop is stuck in an outage (the pool waits up to
+# its own timeout for a connection): it is cancelled, and the stop goes on.
+STUCK_CLAIM_AT_STOP = 5.0
 # A job claimed ahead has no started_at until its outcome is written; one still running
 # after MARK_STARTED_AFTER s gets it then, so that a rescue knows it had started.
 MARK_STARTED_AFTER = 0.1
@@ -203,6 +212,7 @@ class Worker:
         self.give_back_after = GIVE_BACK_AFTER
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
+        self._claiming: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._stopping = False
@@ -238,8 +248,14 @@ class Worker:
             self.concurrency,
             extra={"worker": self.name, "worker_id": self.worker_id, "event": "worker_started"},
         )
+        self._claiming = asyncio.create_task(self._claim_loop())
         try:
-            await self._claim_loop()
+            await self._claiming
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are cancelled ourselves
+            # else `_cancel_stuck_claim` ended a claim stuck in an outage: stop as usual
         finally:
             await self._shutdown(side)
             restore()
@@ -249,8 +265,19 @@ class Worker:
         if self._stopping:
             logger.warning("second stop request: not waiting for running jobs any longer")
             self._hurry.set()
+        elif self._claiming is not None and not self._claiming.done():
+            self._claiming.get_loop().call_later(STUCK_CLAIM_AT_STOP, self._cancel_stuck_claim)
         self._stopping = True
         self._wake.set()
+
+    def _cancel_stuck_claim(self) -> None:
+        if self._claiming is not None and not self._claiming.done():
+            logger.warning(
+                "the claim in progress is still waiting %.0f s after the stop (is the "
+                "database reachable?); cancelling it",
+                STUCK_CLAIM_AT_STOP,
+            )
+            self._claiming.cancel()
 
     def _install_signals(self) -> Callable[[], None]:
         if not self.install_signal_handlers:
@@ -304,10 +331,13 @@ class Worker:
         for task in side:
             task.cancel()
         await asyncio.gather(*side, return_exceptions=True)
-        await self._flush_all(give_up_after=30.0)
-        with contextlib.suppress(ConnectorError):
-            await self.connector.execute_async(
-                queries["unregister_worker"], {"worker_id": self.worker_id}
+        await self._flush_all(give_up_after=OUTCOMES_AT_STOP_TIMEOUT)
+        with contextlib.suppress(ConnectorError, TimeoutError):
+            await asyncio.wait_for(
+                self.connector.execute_async(
+                    queries["unregister_worker"], {"worker_id": self.worker_id}
+                ),
+                UNREGISTER_AT_STOP_TIMEOUT,
             )
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -790,14 +820,22 @@ class Worker:
                 return
             batch, self._outcomes = self._outcomes, []
             try:
-                await self._write(batch)
+                if deadline is None:
+                    await self._write(batch)
+                else:  # a write cut short is written again: finish_jobs is idempotent
+                    await asyncio.wait_for(
+                        self._write(batch), max(deadline - time.monotonic(), 0.1)
+                    )
                 backoff = 0.2
                 if any(o.job.lock is not None for o in batch):
                     self._wake.set()  # a lock was released: its next job may be ours to run
-            except ConnectorError as exc:
+            except (ConnectorError, TimeoutError) as exc:
                 self._outcomes[:0] = batch
                 logger.warning(
-                    "cannot record %d outcome(s) (%s); retrying in %.1f s", len(batch), exc, backoff
+                    "cannot record %d outcome(s) (%s); retrying in %.1f s",
+                    len(batch),
+                    str(exc) or "timed out",
+                    backoff,
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
