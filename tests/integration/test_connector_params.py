@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 import textwrap
 import threading
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import psycopg2
 import psycopg2.pool
 import psycopg_pool
 import pytest
+from hba import EDITS_PG_HBA, role_with_password
 from polling import count_jobs
 
 from procq_sqla import (
@@ -467,38 +465,16 @@ async def test_unusable_parameters_raise_connector_error_without_password(
 
 
 @pytest.fixture
-def password_role(db: Any) -> Any:
+def password_role(db: Any) -> Iterator[str]:
     """A login role that must authenticate with a password, on the test server only."""
-    hba = Path(db.execute("SHOW hba_file").fetchone()["hba_file"])
-    role = f"procq_pw_{uuid.uuid4().hex[:8]}"
-    db.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'the-right-one'")
-    original = hba.read_text()
-    hba.write_text(f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n{original}")
-    try:
-        db.execute("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + 5
-        while True:  # the reload is asynchronous: wait until the role is asked for a password
-            try:
-                psycopg.connect(database_url(), user=role, password="").close()
-            except psycopg.OperationalError:
-                break
-            assert time.monotonic() < deadline, "pg_hba.conf reload not seen"
-            time.sleep(0.05)
+    with role_with_password(db, database_url(), "the-right-one") as role:
         yield role
-    finally:
-        hba.write_text(original)
-        db.execute("SELECT pg_reload_conf()")
-        db.execute(f"DROP OWNED BY {role}")
-        db.execute(f"DROP ROLE {role}")
 
 
 WRONG_PASSWORD_KINDS = [*SYNC_KINDS, *ASYNC_KINDS]
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("PROCQ_DATABASE_URL")),
-    reason="edits pg_hba.conf, so it runs on the embedded (or PG*) test server only",
-)
+@EDITS_PG_HBA
 @pytest.mark.parametrize("form", ["dsn", "keywords"])
 @pytest.mark.parametrize("kind", WRONG_PASSWORD_KINDS)
 async def test_wrong_password_is_connector_error_without_the_password(
@@ -531,10 +507,7 @@ def make_with_keywords(kind: str, params: dict[str, Any]) -> Any:
     return (AiopgConnector if kind == "aiopg" else Psycopg2Connector)(**params)
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("PROCQ_DATABASE_URL")),
-    reason="edits pg_hba.conf, so it runs on the embedded (or PG*) test server only",
-)
+@EDITS_PG_HBA
 @pytest.mark.parametrize("source", ["PGPASSWORD", "pgpass file"])
 @pytest.mark.parametrize("kind", WRONG_PASSWORD_KINDS)
 async def test_password_from_libpq_environment(

@@ -16,8 +16,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import sqlalchemy as sa
-from psycopg import sql
+from hba import EDITS_PG_HBA, role_with_password
 
 from procq_sqla import (
     AiopgConnector,
@@ -44,42 +42,17 @@ SECRET = "Zq9-s3cr3t@pw;x"
 ENCODED = quote(SECRET, safe="")
 ACCEPTANCE = Path(__file__).parents[1] / "acceptance"
 
-pytestmark = pytest.mark.skipif(
-    bool(os.environ.get("PROCQ_DATABASE_URL")),
-    reason="edits pg_hba.conf, so it runs on the embedded (or PG*) test server only",
-)
+pytestmark = EDITS_PG_HBA
 
 
 @pytest.fixture(scope="module")
 def secret_role(server_url: str) -> Iterator[str]:
-    """A superuser role that must log in with SECRET (a pg_hba.conf line, then restored)."""
-    role = f"procq_secret_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        hba = Path(admin.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(SECRET)
-            )
-        )
-        original = hba.read_text()
-        hba.write_text(
-            f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n{original}"
-        )
-        try:
-            admin.execute("SELECT pg_reload_conf()")
-            deadline = time.monotonic() + 5
-            while True:  # the reload is asynchronous: wait until a password is required
-                try:
-                    psycopg.connect(server_url, user=role, password="").close()
-                except psycopg.OperationalError:
-                    break
-                assert time.monotonic() < deadline, "pg_hba.conf reload not seen"
-                time.sleep(0.05)
-            yield role
-        finally:
-            hba.write_text(original)
-            admin.execute("SELECT pg_reload_conf()")
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    """A superuser role that must log in with SECRET."""
+    with (
+        psycopg.connect(server_url, autocommit=True) as admin,
+        role_with_password(admin, server_url, SECRET, superuser=True) as role,
+    ):
+        yield role
 
 
 def role_params(db_url: str, role: str) -> dict[str, Any]:
