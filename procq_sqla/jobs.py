@@ -158,13 +158,14 @@ def serialize_args(args: Mapping[str, Any], dumps: Any) -> str:
         text: str = dumps(args if type(args) is dict else dict(args))
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise JobArgumentsError(_describe_bad_argument(args, dumps, exc)) from exc
-    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+    escapes = "\\" in text  # most arguments have none: no regex runs for them
+    if escapes and "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise JobArgumentsError(_NUL_MESSAGE)
     try:  # ASCII (most arguments) is its own size in UTF-8 and holds no surrogate
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise JobArgumentsError(_SURROGATE_MESSAGE) from exc
-    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate_escape(text):
+    if escapes and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate_escape(text):
         raise JobArgumentsError(_SURROGATE_MESSAGE)
     if size > MAX_ARGS_BYTES:
         raise JobArgumentsError(
@@ -321,8 +322,6 @@ def is_plain(options: JobOptions) -> bool:
 
 
 def defer_params(task_name: str, options: JobOptions, args_json: str) -> dict[str, Any]:
-    if is_plain(options):
-        return {"queue": options.queue, "task_name": task_name, "args": args_json}
     return {
         "queue": options.queue,
         "task_name": task_name,

@@ -121,9 +121,6 @@ class Deferrer:
         self.options = options
         self.session = session
 
-    def _dump(self, kwargs: Mapping[str, Any]) -> str:
-        return serialize_args(kwargs, self.task.app.json_dumps)
-
     def _dump_all(self, kwargs_list: tuple[Mapping[str, Any], ...]) -> BatchArgs:
         """The arguments' JSON, serialized as it is read (see `BatchArgs`)."""
         dumps = self.task.app.json_dumps
@@ -145,16 +142,16 @@ class Deferrer:
         return async_session_executor(self.session)
 
     def defer(self, **kwargs: Any) -> int:
-        args_json = self._dump(kwargs)
-        manager = self.task.app.job_manager
-        return manager.defer(self.task.name, self.options, args_json, via=self._via_sync())
+        app = self.task.app
+        args_json = serialize_args(kwargs, app.json_dumps)
+        via = None if self.session is None else self._via_sync()
+        return app.job_manager.defer(self.task.name, self.options, args_json, via=via)
 
     async def defer_async(self, **kwargs: Any) -> int:
-        args_json = self._dump(kwargs)
-        manager = self.task.app.job_manager
-        return await manager.defer_async(
-            self.task.name, self.options, args_json, via=self._via_async()
-        )
+        app = self.task.app
+        args_json = serialize_args(kwargs, app.json_dumps)
+        via = None if self.session is None else self._via_async()
+        return await app.job_manager.defer_async(self.task.name, self.options, args_json, via=via)
 
     def batch_defer(
         self, *kwargs_list: Mapping[str, Any], ignore_already_enqueued: bool = False
