@@ -33,7 +33,7 @@ DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_s
 class Sizes:
     """How much work each workload does; `--quick` shrinks everything."""
 
-    defers: int = 5_000  # per run, in 10 alternating chunks: long enough to outlast the noise
+    defers: int = 5_000  # per run, in alternating chunks: long enough to outlast the noise
     batch: int = 100_000
     drain: int = 50_000
     latency_samples: int = 200

@@ -29,7 +29,7 @@ from .common import percentile as pct
 
 Log = Callable[[str], None]
 # Defers and their baseline alternate in this many chunks per run (bursty shared disks).
-DEFER_CHUNKS = 10
+DEFER_CHUNKS = 20
 
 
 @dataclass
