@@ -161,9 +161,9 @@ def protocol_args(
 
 
 def _executed(prepared: PreparedQuery, names: set[bytes], result: Any) -> bool:
-    """True when the EXECUTE ran (its rows are in `result`); False when the statement
-    must be prepared again first. Errors are psycopg's own exceptions."""
-    if result.status == ExecStatus.TUPLES_OK:
+    """True when the EXECUTE ran (its rows, if any, are in `result`); False when the
+    statement must be prepared again first. Errors are psycopg's own exceptions."""
+    if result.status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
         return True
     if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == _GONE.encode():
         names.discard(prepared.name.encode())
