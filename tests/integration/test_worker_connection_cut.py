@@ -68,6 +68,7 @@ async def test_a_stop_during_an_outage_gives_up_on_outcomes_in_time(
 ) -> None:
     monkeypatch.setattr(worker_module, "OUTCOMES_AT_STOP_TIMEOUT", 1.0)
     monkeypatch.setattr(worker_module, "UNREGISTER_AT_STOP_TIMEOUT", 1.0)
+    monkeypatch.setattr(worker_module, "STUCK_CLAIM_AT_STOP", 1.0)
     name = db.execute("SELECT current_database() AS d").fetchone()["d"]
     app = App(connector=PsycopgConnector(conninfo=db_url, max_size=2))  # pool timeout 30 s
     release, finished = asyncio.Event(), asyncio.Event()
