@@ -144,14 +144,14 @@ class Deferrer:
     def defer(self, **kwargs: Any) -> int:
         app = self.task.app
         args_json = serialize_args(kwargs, app.json_dumps)
-        via = None if self.session is None else self._via_sync()
-        return app.job_manager.defer(self.task.name, self.options, args_json, via=via)
+        return app.job_manager.defer(self.task.name, self.options, args_json, via=self._via_sync())
 
     async def defer_async(self, **kwargs: Any) -> int:
         app = self.task.app
         args_json = serialize_args(kwargs, app.json_dumps)
-        via = None if self.session is None else self._via_async()
-        return await app.job_manager.defer_async(self.task.name, self.options, args_json, via=via)
+        return await app.job_manager.defer_async(
+            self.task.name, self.options, args_json, via=self._via_async()
+        )
 
     def batch_defer(
         self, *kwargs_list: Mapping[str, Any], ignore_already_enqueued: bool = False

@@ -29,11 +29,11 @@ from typing import Any
 
 import psycopg
 from psycopg import errors
-from psycopg.abc import AdaptContext
+from psycopg.abc import AdaptContext, PQGen
 from psycopg.adapt import Transformer
 from psycopg.generators import execute as execute_gen
 from psycopg.pq import ExecStatus
-from psycopg.pq.abc import PGresult
+from psycopg.pq.abc import PGconn, PGresult
 
 from ..sql import queries
 from .base import Params
@@ -137,13 +137,22 @@ PREPARED_QUERIES: dict[str, PreparedQuery] = {
     )
 }
 
-# Which of them each live psycopg 3 connection holds, by name.
-_protocol_prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+# Which of them each live connection (psycopg 3 or psycopg2) holds, by name.
+_names_by_connection: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 # The statement was dropped behind our back (DISCARD ALL, a transaction-mode pooler), or
 # is already there (a pooler's shared session: same name, same text).
-_GONE = "26000"
-_EXISTS = "42P05"
+_GONE = b"26000"
+_EXISTS = b"42P05"
+
+
+def prepared_names(conn: Any) -> set[str]:
+    """The names of our statements `conn` has prepared (`setdefault` would build a
+    weakref and a set on every call of the hot path)."""
+    names = _names_by_connection.get(conn)
+    if names is None:
+        names = _names_by_connection[conn] = set()
+    return names
 
 
 def protocol_args(
@@ -160,63 +169,48 @@ def protocol_args(
     return None if args is None else (prepared, args)
 
 
-def _executed(prepared: PreparedQuery, names: set[bytes], result: Any) -> bool:
-    """True when the EXECUTE ran (its rows, if any, are in `result`); False when the
-    statement must be prepared again first. Errors are psycopg's own exceptions."""
-    if result.status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
-        return True
-    if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == _GONE.encode():
-        names.discard(prepared.name.encode())
-        return False
-    raise errors.error_from_result(result, encoding="utf-8")
+def _sqlstate(result: PGresult) -> bytes | None:
+    return result.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
 
 
-def _prepared_ok(result: Any) -> None:
-    if result.status == ExecStatus.COMMAND_OK:
-        return
-    if result.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == _EXISTS.encode():
-        return
-    raise errors.error_from_result(result, encoding="utf-8")
+def _run_gen(
+    pgconn: PGconn, prepared: PreparedQuery, args: list[bytes | None], names: set[str]
+) -> PQGen[PGresult]:
+    """Prepare `prepared` on the connection unless it already is, then execute it; once
+    more if the server had dropped it. One generator for psycopg's sync and async waits,
+    as psycopg itself shares its protocol code. Errors are psycopg's own exceptions."""
+    name = prepared.name.encode()
+    for _ in (1, 2):
+        if prepared.name not in names:
+            pgconn.send_prepare(name, prepared.protocol)
+            result: PGresult = (yield from execute_gen(pgconn))[-1]
+            if result.status != ExecStatus.COMMAND_OK and _sqlstate(result) != _EXISTS:
+                raise errors.error_from_result(result, encoding="utf-8")
+            names.add(prepared.name)
+        pgconn.send_query_prepared(name, args)
+        result = (yield from execute_gen(pgconn))[-1]
+        if result.status in (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK):
+            return result
+        if _sqlstate(result) != _GONE:
+            raise errors.error_from_result(result, encoding="utf-8")
+        names.discard(prepared.name)
+    raise psycopg.OperationalError(f"prepared statement {prepared.name} keeps disappearing")
 
 
 def run_prepared(
     conn: psycopg.Connection[Any], prepared: PreparedQuery, args: list[bytes | None]
 ) -> PGresult:
     """Execute `prepared` with text `args` on an idle autocommit connection."""
-    pgconn = conn.pgconn
-    name = prepared.name.encode()
-    names = _protocol_prepared.setdefault(conn, set())
     with conn.lock:
-        for _ in (1, 2):
-            if name not in names:
-                pgconn.send_prepare(name, prepared.protocol)
-                _prepared_ok(conn.wait(execute_gen(pgconn))[-1])
-                names.add(name)
-            pgconn.send_query_prepared(name, args)
-            result: PGresult = conn.wait(execute_gen(pgconn))[-1]
-            if _executed(prepared, names, result):
-                return result
-    raise psycopg.OperationalError(f"prepared statement {prepared.name} keeps disappearing")
+        return conn.wait(_run_gen(conn.pgconn, prepared, args, prepared_names(conn)))
 
 
 async def run_prepared_async(
     conn: psycopg.AsyncConnection[Any], prepared: PreparedQuery, args: list[bytes | None]
 ) -> PGresult:
     """`run_prepared` on an asyncio connection."""
-    pgconn = conn.pgconn
-    name = prepared.name.encode()
-    names = _protocol_prepared.setdefault(conn, set())
     async with conn.lock:
-        for _ in (1, 2):
-            if name not in names:
-                pgconn.send_prepare(name, prepared.protocol)
-                _prepared_ok((await conn.wait(execute_gen(pgconn)))[-1])
-                names.add(name)
-            pgconn.send_query_prepared(name, args)
-            result: PGresult = (await conn.wait(execute_gen(pgconn)))[-1]
-            if _executed(prepared, names, result):
-                return result
-    raise psycopg.OperationalError(f"prepared statement {prepared.name} keeps disappearing")
+        return await conn.wait(_run_gen(conn.pgconn, prepared, args, prepared_names(conn)))
 
 
 def shaped(result: PGresult, prepared: PreparedQuery, fetch: str, context: AdaptContext) -> Any:

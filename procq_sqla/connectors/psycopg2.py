@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import weakref
 from typing import Any
 
 import psycopg2
@@ -38,7 +37,7 @@ from .base import (
     is_idle,
     translate_error,
 )
-from .prepared import PREPARED_QUERIES
+from .prepared import PREPARED_QUERIES, prepared_names
 from .spare import Spare
 from .sync_psycopg import WRONG_WORKER
 
@@ -83,10 +82,6 @@ def prepare_cursor(cursor: Any, json_loads: JSONLoads | None) -> None:
         psycopg2.extras.register_default_jsonb(cursor, loads=json_loads)
 
 
-# The prepared statements each live psycopg2 connection holds (by name).
-_prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
-
-
 def execute(conn: Any, cursor: Any, query: str, params: Params) -> None:
     """Run `query` on a psycopg2 cursor; on an autocommit connection, a hot query runs as
     a server-side prepared statement (PREPAREd the first time on that connection)."""
@@ -94,9 +89,7 @@ def execute(conn: Any, cursor: Any, query: str, params: Params) -> None:
     if prepared is None or not conn.autocommit:
         cursor.execute(query, dict(params))
         return
-    names = _prepared.get(conn)
-    if names is None:  # (setdefault would build a weakref and a set on every call)
-        names = _prepared[conn] = set()
+    names = prepared_names(conn)
     if prepared.name not in names:
         # already there in a session shared through a pooler: the same text (digest)
         with contextlib.suppress(psycopg2.errors.DuplicatePreparedStatement):

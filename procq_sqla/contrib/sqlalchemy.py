@@ -410,10 +410,10 @@ def _psycopg2_execute() -> Callable[[Any, Any, str, Params], None]:
 def _statement(dbapi: Any, cursor: Any, query: str, params: Params, fetch: str) -> Any:
     """One statement in autocommit on a borrowed connection of either driver: psycopg2
     runs the hot queries as server-side prepared statements (`connectors.psycopg2`);
-    psycopg 3 prepares by itself, and runs a hot query asked for its value below its
-    cursor (`connectors.prepared`)."""
+    psycopg 3 prepares by itself, and runs the hot queries below its cursor
+    (`connectors.prepared`)."""
     if isinstance(dbapi, psycopg.Connection):
-        if fetch == "value" and (hot := protocol_args(dbapi, query, params)) is not None:
+        if fetch != "none" and (hot := protocol_args(dbapi, query, params)) is not None:
             return shaped(run_prepared(dbapi, *hot), hot[0], fetch, cursor)
         cursor.execute(query, params)
     else:
