@@ -321,16 +321,17 @@ def is_plain(options: JobOptions) -> bool:
     )
 
 
-def defer_params(task_name: str, options: JobOptions, args_json: str) -> dict[str, Any]:
-    return {
-        "queue": options.queue,
-        "task_name": task_name,
-        "args": args_json,
-        "priority": options.priority,
-        "lock": options.lock,
-        "queueing_lock": options.queueing_lock,
-        "scheduled_at": options.scheduled_at,
-    }
+def defer_params(
+    task_name: str, options: JobOptions, args_json: str, *, plain: bool = False
+) -> dict[str, Any]:
+    """Parameters for `defer_job`, or with `plain` (see `is_plain`) `defer_plain_job`."""
+    params: dict[str, Any] = {"queue": options.queue, "task_name": task_name, "args": args_json}
+    if not plain:
+        params["priority"] = options.priority
+        params["lock"] = options.lock
+        params["queueing_lock"] = options.queueing_lock
+        params["scheduled_at"] = options.scheduled_at
+    return params
 
 
 def batch_defer_params(

@@ -194,10 +194,9 @@ class JobManager:
 
     @staticmethod
     def plan_defer(task_name: str, options: JobOptions, args_json: str) -> Plan[int]:
-        if is_plain(options):
-            params = {"queue": options.queue, "task_name": task_name, "args": args_json}
-            return Plan(queries["defer_plain_job"], params, int, True)
-        return Plan(queries["defer_job"], defer_params(task_name, options, args_json), int, True)
+        plain = is_plain(options)
+        query = queries["defer_plain_job" if plain else "defer_job"]
+        return Plan(query, defer_params(task_name, options, args_json, plain=plain), int, True)
 
     @staticmethod
     def plan_batch_defer(
