@@ -333,12 +333,10 @@ class Worker:
         await asyncio.gather(*side, return_exceptions=True)
         await self._flush_all(give_up_after=OUTCOMES_AT_STOP_TIMEOUT)
         with contextlib.suppress(ConnectorError, TimeoutError):
-            await asyncio.wait_for(
-                self.connector.execute_async(
+            async with asyncio.timeout(UNREGISTER_AT_STOP_TIMEOUT):
+                await self.connector.execute_async(
                     queries["unregister_worker"], {"worker_id": self.worker_id}
-                ),
-                UNREGISTER_AT_STOP_TIMEOUT,
-            )
+                )
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         logger.info(
@@ -820,12 +818,11 @@ class Worker:
                 return
             batch, self._outcomes = self._outcomes, []
             try:
-                if deadline is None:
+                # a write cut short at the deadline is written again: finish_jobs only
+                # touches jobs this worker still holds
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+                async with asyncio.timeout(left):
                     await self._write(batch)
-                else:  # a write cut short is written again: finish_jobs is idempotent
-                    await asyncio.wait_for(
-                        self._write(batch), max(deadline - time.monotonic(), 0.1)
-                    )
                 backoff = 0.2
                 if any(o.job.lock is not None for o in batch):
                     self._wake.set()  # a lock was released: its next job may be ours to run
